@@ -1,0 +1,1 @@
+"""jaxvae: variational auto-encoders in JAX / Flax NNX."""
