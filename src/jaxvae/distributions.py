@@ -1,0 +1,79 @@
+"""`DiagonalGaussian`: the one place where a scale is turned into sigma.
+
+The encoder's posterior q(z|x) and the decoder's likelihood p(x|z) are both DiagonalGaussians,
+so sampling, the KL and the NLL read the same `log_std` and can never disagree. That is the
+chapter's bug made impossible: its KL read `log_std` as a log-variance while its sampling read it
+as a log-std, and its NLL halved log sigma.
+
+Why a log-scale at all (the seeds' question): a network output is unconstrained, sigma must be
+> 0, and exp maps R onto (0, inf) smoothly. log-variance and log-std differ only by a factor 2
+(log sigma^2 = 2 log sigma); softplus is the gentler alternative, linear for large inputs. All
+three are offered; all are computed from log sigma directly so that |raw| <= 30 stays finite.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+PARAMETERIZATIONS = ("log_var", "log_std", "softplus")
+
+# softplus(raw) underflows towards 0 for very negative raw; the floor keeps sigma >= 1e-4 so
+# log sigma >= -9.2 and 1/sigma^2 <= 1e8 stay finite in float32.
+SOFTPLUS_FLOOR = 1e-4
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+@struct.dataclass
+class DiagonalGaussian:
+    """N(mean, diag(std^2)), stored as (mean, log_std). Any shape; all methods are elementwise."""
+
+    mean: jax.Array
+    log_std: jax.Array
+
+    @classmethod
+    def from_raw(cls, mean: jax.Array, raw: jax.Array, parameterization: str) -> DiagonalGaussian:
+        """Build from a network's raw scale output.
+
+        Args:
+          mean: (...,) the mean.
+          raw: (...,) unconstrained scale output, same shape as mean.
+          parameterization: "log_var" (sigma = exp(raw/2)), "log_std" (sigma = exp(raw)) or
+            "softplus" (sigma = softplus(raw) + SOFTPLUS_FLOOR).
+        """
+        raw = raw.astype(jnp.float32)
+        if parameterization == "log_var":
+            log_std = 0.5 * raw
+        elif parameterization == "log_std":
+            log_std = raw
+        elif parameterization == "softplus":
+            log_std = jnp.log(jax.nn.softplus(raw) + SOFTPLUS_FLOOR)
+        else:
+            raise ValueError(f"unknown parameterization {parameterization!r}: choose one of {PARAMETERIZATIONS}")
+        return cls(mean=mean.astype(jnp.float32), log_std=log_std)
+
+    @property
+    def std(self) -> jax.Array:
+        return jnp.exp(self.log_std)
+
+    @property
+    def var(self) -> jax.Array:
+        return jnp.exp(2.0 * self.log_std)
+
+    def sample(self, key: jax.Array, temperature: float = 1.0) -> jax.Array:
+        """Reparameterized draw mean + temperature * std * eps, eps ~ N(0, I): gradients flow."""
+        eps = jax.random.normal(key, self.mean.shape, self.mean.dtype)
+        return self.mean + temperature * self.std * eps
+
+    def log_prob(self, x: jax.Array) -> jax.Array:
+        """Elementwise log N(x; mean, std^2) = -1/2 log 2pi - log std - (x - mean)^2 / (2 std^2)."""
+        z = (x - self.mean) * jnp.exp(-self.log_std)
+        return -_HALF_LOG_2PI - self.log_std - 0.5 * jnp.square(z)
+
+    def kl_to_standard_normal(self) -> jax.Array:
+        """Elementwise KL(N(mean, std^2) || N(0, 1)) = 1/2 (std^2 + mean^2 - 1 - log std^2)."""
+        return 0.5 * (self.var + jnp.square(self.mean) - 1.0 - 2.0 * self.log_std)

@@ -1,0 +1,144 @@
+"""The chapter's VAE in Flax NNX: transformer encoder and decoder over image patches.
+
+Shapes: B batch, S image side, C channels, P patch side, N = (S/P)^2 patches, D hidden width,
+Z latent dims. Images are NHWC in [-1, 1].
+
+  encoder: (B,S,S,C) -conv PxP stride P-> (B,N,D) +pos, prepend summary token -> (B,1+N,D)
+           -> blocks -> LayerNorm -> token 0 -> Dense -> mean, raw  (B,Z) each
+  decoder: (B,Z) -Dense-> (B,D) tiled to (B,N,D) +pos -> blocks -> LayerNorm
+           -> Dense per patch (B,N,P*P*2C) -> unpatchify (B,S,S,2C) -> mean, raw (B,S,S,C) each
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxvae.config import Config
+from jaxvae.distributions import DiagonalGaussian
+
+DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
+
+
+@functools.lru_cache(maxsize=None)
+def sincos_2d(dim: int, grid: int) -> np.ndarray:
+    """Fixed 2-D sin-cos position embedding (MAE style), (1, grid*grid, dim), row-major patches."""
+    assert dim % 4 == 0, f"hidden {dim} must be divisible by 4 for 2-D sin-cos embeddings"
+
+    def one_axis(d: int, pos: np.ndarray) -> np.ndarray:
+        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / (d / 2.0))
+        out = pos.reshape(-1)[:, None] * omega[None]  # (grid*grid, d/2)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    gw, gh = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64))
+    emb = np.concatenate([one_axis(dim // 2, gw), one_axis(dim // 2, gh)], axis=1)
+    return emb[None].astype(np.float32)
+
+
+class Block(nnx.Module):
+    """Pre-LayerNorm transformer block: x + MHSA(LN(x)), then x + MLP(LN(x)) with GELU."""
+
+    def __init__(self, hidden: int, heads: int, mlp_ratio: int, dtype, *, rngs: nnx.Rngs):
+        self.heads = heads
+        self.ln1 = nnx.LayerNorm(hidden, dtype=dtype, rngs=rngs)
+        self.qkv = nnx.Linear(hidden, 3 * hidden, dtype=dtype, rngs=rngs)
+        self.proj = nnx.Linear(hidden, hidden, dtype=dtype, rngs=rngs)
+        self.ln2 = nnx.LayerNorm(hidden, dtype=dtype, rngs=rngs)
+        self.fc1 = nnx.Linear(hidden, mlp_ratio * hidden, dtype=dtype, rngs=rngs)
+        self.fc2 = nnx.Linear(mlp_ratio * hidden, hidden, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, t, d = x.shape
+        # (B,T,3D) -> (B,T,3,H,D/H): already the (batch, seq, heads, head_dim) layout that
+        # dot_product_attention wants, so no transposes.
+        qkv = self.qkv(self.ln1(x)).reshape(b, t, 3, self.heads, d // self.heads)
+        y = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])  # (B,T,H,D/H)
+        x = x + self.proj(y.reshape(b, t, d))
+        return x + self.fc2(jax.nn.gelu(self.fc1(self.ln2(x))))
+
+
+class Encoder(nnx.Module):
+    def __init__(self, c: Config, *, rngs: nnx.Rngs):
+        dtype = DTYPES[c.precision]
+        self.grid = c.image_size // c.patch_size
+        self.patch = nnx.Conv(c.channels, c.hidden, kernel_size=(c.patch_size, c.patch_size),
+                              strides=(c.patch_size, c.patch_size), padding="VALID", dtype=dtype, rngs=rngs)
+        self.token = nnx.Param(jax.random.normal(rngs.params(), (1, 1, c.hidden)) * 0.02)
+        self.blocks = nnx.List([Block(c.hidden, c.heads, c.mlp_ratio, dtype, rngs=rngs) for _ in range(c.depth)])
+        self.norm = nnx.LayerNorm(c.hidden, rngs=rngs)
+        self.head = nnx.Linear(c.hidden, 2 * c.z_dim, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        b = x.shape[0]
+        h = self.patch(x)  # (B, S/P, S/P, D)
+        h = h.reshape(b, -1, h.shape[-1]) + sincos_2d(h.shape[-1], self.grid)  # (B, N, D)
+        token = jnp.broadcast_to(self.token.value, (b, 1, h.shape[-1])).astype(h.dtype)
+        h = jnp.concatenate([token, h], axis=1)  # (B, 1+N, D)
+        for block in self.blocks:
+            h = block(h)
+        out = self.head(self.norm(h[:, 0].astype(jnp.float32)))  # (B, 2Z)
+        mean, raw = jnp.split(out, 2, axis=-1)
+        return mean, raw
+
+
+class Decoder(nnx.Module):
+    def __init__(self, c: Config, *, rngs: nnx.Rngs):
+        dtype = DTYPES[c.precision]
+        self.c = c
+        self.grid = c.image_size // c.patch_size
+        self.learned_scale = c.decoder_variance == "learned"
+        out_channels = 2 * c.channels if self.learned_scale else c.channels
+        self.embed = nnx.Linear(c.z_dim, c.hidden, rngs=rngs)
+        self.blocks = nnx.List([Block(c.hidden, c.heads, c.mlp_ratio, dtype, rngs=rngs) for _ in range(c.depth)])
+        self.norm = nnx.LayerNorm(c.hidden, rngs=rngs)
+        self.head = nnx.Linear(c.hidden, c.patch_size * c.patch_size * out_channels, rngs=rngs)
+
+    def __call__(self, z: jax.Array) -> jax.Array:
+        b, p, g = z.shape[0], self.c.patch_size, self.grid
+        h = self.embed(z)  # (B, D)
+        h = jnp.broadcast_to(h[:, None, :], (b, g * g, h.shape[-1])) + sincos_2d(h.shape[-1], g)  # (B,N,D)
+        h = h.astype(DTYPES[self.c.precision])
+        for block in self.blocks:
+            h = block(h)
+        out = self.head(self.norm(h.astype(jnp.float32)))  # (B, N, P*P*C')
+        cc = out.shape[-1] // (p * p)
+        out = out.reshape(b, g, g, p, p, cc).transpose(0, 1, 3, 2, 4, 5)  # (B, g, P, g, P, C')
+        return out.reshape(b, g * p, g * p, cc)  # (B, S, S, C')
+
+
+class VAE(nnx.Module):
+    """encode(x) -> q(z|x) and decode(z) -> p(x|z), both DiagonalGaussian."""
+
+    def __init__(self, c: Config, *, rngs: nnx.Rngs):
+        self.posterior_scale = c.posterior_scale
+        self.decoder_scale = c.decoder_scale
+        self.fixed_log_std = None if c.decoder_variance == "learned" else float(np.log(c.decoder_std))
+        self.encoder = Encoder(c, rngs=rngs)
+        self.decoder = Decoder(c, rngs=rngs)
+
+    def encode(self, x: jax.Array) -> DiagonalGaussian:
+        """x: (B,S,S,C) in [-1,1] -> q(z|x) with (B,Z) mean and scale."""
+        mean, raw = self.encoder(x)
+        return DiagonalGaussian.from_raw(mean, raw, self.posterior_scale)
+
+    def decode(self, z: jax.Array) -> DiagonalGaussian:
+        """z: (B,Z) -> p(x|z) with (B,S,S,C) mean and scale."""
+        out = self.decoder(z)
+        if self.fixed_log_std is not None:
+            mean = out.astype(jnp.float32)
+            return DiagonalGaussian(mean=mean, log_std=jnp.full_like(mean, self.fixed_log_std))
+        mean, raw = jnp.split(out, 2, axis=-1)
+        return DiagonalGaussian.from_raw(mean, raw, self.decoder_scale)
+
+
+def build(c: Config, seed: int | None = None) -> VAE:
+    """A freshly initialised model for config c (parameters seeded by c.seed unless given)."""
+    return VAE(c, rngs=nnx.Rngs(c.seed if seed is None else seed))
+
+
+def count_params(model: nnx.Module) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
