@@ -24,7 +24,7 @@ from jaxvae.distributions import DiagonalGaussian
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def sincos_2d(dim: int, grid: int) -> np.ndarray:
     """Fixed 2-D sin-cos position embedding (MAE style), (1, grid*grid, dim), row-major patches."""
     assert dim % 4 == 0, f"hidden {dim} must be divisible by 4 for 2-D sin-cos embeddings"

@@ -1,0 +1,209 @@
+"""`jaxvae COMMAND ...`: a thin layer that parses flags (tyro, generated from dataclasses) and calls
+the library. Every user-facing problem is one line on stderr and exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import tyro
+
+from jaxvae.config import Config, ConfigError, preset
+
+Positional = tyro.conf.Positional
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainArgs:
+    """Train a VAE. `--preset` picks the defaults (seed: the chapter's; tiny: a CPU demo); every
+    other flag overrides one field of the preset. Writes config.json, metrics.jsonl, checkpoints/,
+    summary.json and the chapter's pictures into --out."""
+
+    config: Annotated[Config, tyro.conf.arg(name="")]
+    preset: str = "seed"
+    """Named defaults: seed | tiny."""
+    out: str = "runs/default"
+    """Run directory to create."""
+    overwrite: bool = False
+    """Replace a run that already exists in --out."""
+    quiet: bool = False
+    """No progress bar or log lines."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleArgs:
+    """Decode draws from the prior z ~ N(0, T^2 I) of a trained run into a PNG grid."""
+
+    run: Positional[str]
+    """Run directory."""
+    out: str = "samples.png"
+    """PNG file to write."""
+    n: int = 20
+    """Number of samples."""
+    temperature: float = 1.0
+    """Prior temperature T (scale of z)."""
+    seed: int = 0
+    """Seed of the draws."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReconstructArgs:
+    """Reconstruct held-out images of the run's data: originals over reconstructions, with the MSE."""
+
+    run: Positional[str]
+    """Run directory."""
+    out: str = "reconstructions.png"
+    """PNG file to write."""
+    n: int = 10
+    """Number of held-out images."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InterpolateArgs:
+    """Interpolate between two held-out images: a pixel-space row over a latent-space row."""
+
+    run: Positional[str]
+    """Run directory."""
+    out: str = "interpolation.png"
+    """PNG file to write."""
+    steps: int = 10
+    """Images per row."""
+    method: str = "slerp"
+    """Latent interpolation: slerp | lerp."""
+    first: int = 0
+    """Index of the first held-out image."""
+    second: int = 1
+    """Index of the second held-out image."""
+
+
+def run_train(argv: list[str]) -> int:
+    from jaxvae.train import train
+
+    name = _preset_name(argv)
+    args = _parse(TrainArgs, argv, default=TrainArgs(config=preset(name), preset=name), prog="train")
+    train(args.config, args.out, overwrite=args.overwrite, quiet=args.quiet)
+    return 0
+
+
+def _held_out(vae, n: int):
+    from jaxvae import data as data_lib
+
+    return data_lib.to_model_range(data_lib.load_dataset(vae.config).val[:n])
+
+
+def run_sample(argv: list[str]) -> int:
+    import jaxvae
+    from jaxvae import plots
+
+    a = _parse(SampleArgs, argv, prog="sample")
+    _positive(n=a.n)
+    vae = jaxvae.load(a.run)
+    images = vae.sample(a.n, seed=a.seed, temperature=a.temperature)
+    plots.image_grid(images, _out(a.out), rows=max(1, a.n // 10), title=f"prior samples, T = {a.temperature}")
+    return 0
+
+
+def run_reconstruct(argv: list[str]) -> int:
+    import jaxvae
+    from jaxvae import plots, sample
+
+    a = _parse(ReconstructArgs, argv, prog="reconstruct")
+    _positive(n=a.n)
+    vae = jaxvae.load(a.run)
+    x = _held_out(vae, a.n)
+    recon = vae.reconstruct(x)
+    plots.reconstructions(x, recon, sample.pixel_mse(x, recon), _out(a.out))
+    return 0
+
+
+def run_interpolate(argv: list[str]) -> int:
+    import jaxvae
+    from jaxvae import plots, sample
+
+    a = _parse(InterpolateArgs, argv, prog="interpolate")
+    _positive(steps=a.steps)
+    if a.method not in sample.INTERPOLATIONS:
+        raise ConfigError(f"unknown method {a.method!r}: choose slerp or lerp")
+    vae = jaxvae.load(a.run)
+    x = _held_out(vae, max(a.first, a.second) + 1)
+    if min(a.first, a.second) < 0 or max(a.first, a.second) >= len(x):
+        raise ConfigError(f"--first/--second must index the {len(x)} held-out images")
+    latent = vae.interpolate(x[a.first], x[a.second], a.steps, a.method)
+    pixel = sample.interpolate_pixels(x[a.first], x[a.second], a.steps)
+    plots.interpolation(pixel, latent, _out(a.out), method=a.method)
+    return 0
+
+
+# name -> (function taking the remaining argv, one-line description)
+COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "train": (run_train, "train a VAE (--preset seed|tiny, every config field a flag)"),
+    "sample": (run_sample, "decode prior samples of a run into a PNG"),
+    "reconstruct": (run_reconstruct, "reconstruct held-out images of a run into a PNG"),
+    "interpolate": (run_interpolate, "interpolate between two held-out images into a PNG"),
+}
+
+
+def _parse(cls, argv: list[str], prog: str, default=None):
+    return tyro.cli(cls, args=argv, default=default, prog=f"jaxvae {prog}")
+
+
+def _preset_name(argv: list[str]) -> str:
+    """The --preset value, read before parsing since it sets every other flag's default."""
+    for i, arg in enumerate(argv):
+        if arg == "--preset" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--preset="):
+            return arg.split("=", 1)[1]
+    return "seed"
+
+
+def _positive(**values: int) -> None:
+    for name, v in values.items():
+        if v <= 0:
+            raise ConfigError(f"--{name} must be positive, got {v}")
+
+
+def _out(path: str) -> Path:
+    out = Path(path)
+    if out.parent and not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items()]
+    return "usage: jaxvae COMMAND [--help] ...\n\ncommands:\n" + "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"jaxvae: error: unknown command {name!r}\n{usage()}", file=sys.stderr)
+        return 2
+    try:
+        return COMMANDS[name][0](rest)
+    except ConfigError as e:
+        print(f"jaxvae: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # disk full, permissions, missing files: one line, not a traceback
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"jaxvae: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jaxvae: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""A run directory on disk: what it holds, how it is created, opened and read.
+
+  RUN/config.json      the resolved Config (rebuilds exactly this model)
+  RUN/meta.json        jaxvae version and run-format number
+  RUN/metrics.jsonl    one JSON object per logged step
+  RUN/checkpoints/     Orbax checkpoints
+  RUN/summary.json     final metrics, wall time, images/s, reconstruction MSE
+  RUN/*.png            curves, reconstructions, samples, interpolation
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from jaxvae.config import Config, ConfigError
+
+FORMAT = 1
+VERSION = "0.1.0"
+CONFIG, META, METRICS, SUMMARY, CHECKPOINTS = (
+    "config.json", "meta.json", "metrics.jsonl", "summary.json", "checkpoints")
+PICTURES = ("curves.png", "reconstructions.png", "samples.png", "interpolation.png")
+# Everything a run writes; --overwrite removes exactly these and nothing else of the user's.
+RUN_FILES = (CONFIG, META, METRICS, SUMMARY, CHECKPOINTS, *PICTURES)
+
+
+class RunError(ConfigError):
+    """A run directory that is missing, not a run, or not ours to write."""
+
+
+def is_run(path: Path) -> bool:
+    return (path / CONFIG).is_file()
+
+
+def create(out: str | os.PathLike, config: Config, overwrite: bool = False) -> Path:
+    """Make `out` a fresh run for `config`; refuse to touch an existing run unless overwrite."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise RunError(f"--out {path} exists and is not a directory")
+    existing = [name for name in RUN_FILES if (path / name).exists()]
+    if existing and not overwrite:
+        raise RunError(f"--out {path} already holds a run ({', '.join(existing)}); "
+                       "pass --overwrite to replace it or --resume to continue it")
+    path.mkdir(parents=True, exist_ok=True)
+    for name in existing:
+        target = path / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    write_json(path / CONFIG, config.to_dict())
+    write_json(path / META, {"jaxvae_version": VERSION, "format": FORMAT})
+    return path
+
+
+def open_run(run: str | os.PathLike) -> tuple[Path, Config]:
+    """Check that `run` is a jaxvae run and return (path, its config). Never writes."""
+    path = Path(run)
+    if not path.exists():
+        raise RunError(f"run directory {path} does not exist")
+    if not path.is_dir() or not is_run(path):
+        raise RunError(f"{path} is not a jaxvae run (no {CONFIG})")
+    meta_path = path / META
+    if meta_path.is_file():
+        meta = read_json(meta_path)
+        if meta.get("format") != FORMAT:
+            raise RunError(f"{path} was written by jaxvae {meta.get('jaxvae_version', '?')} "
+                           f"(run format {meta.get('format')}); this jaxvae {VERSION} reads format {FORMAT}")
+    try:
+        config = Config.from_dict(read_json(path / CONFIG))
+    except (ValueError, TypeError) as e:
+        raise RunError(f"{path / CONFIG} is not a valid jaxvae config: {e}") from None
+    return path, config
+
+
+def write_json(path: Path, obj) -> None:
+    """Write atomically: a reader sees the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+def append_metrics(path: Path, record: dict) -> None:
+    with open(path / METRICS, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """All complete records of metrics.jsonl (a torn last line from a crash is ignored)."""
+    file = Path(path) / METRICS
+    if not file.is_file():
+        return []
+    records = []
+    for line in file.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
