@@ -76,7 +76,7 @@ class Encoder(nnx.Module):
         b = x.shape[0]
         h = self.patch(x)  # (B, S/P, S/P, D)
         h = h.reshape(b, -1, h.shape[-1]) + sincos_2d(h.shape[-1], self.grid)  # (B, N, D)
-        token = jnp.broadcast_to(self.token.value, (b, 1, h.shape[-1])).astype(h.dtype)
+        token = jnp.broadcast_to(self.token[...], (b, 1, h.shape[-1])).astype(h.dtype)
         h = jnp.concatenate([token, h], axis=1)  # (B, 1+N, D)
         for block in self.blocks:
             h = block(h)

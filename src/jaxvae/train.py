@@ -61,7 +61,7 @@ def make_train_step(graphdef: nnx.GraphDef, c: Config):
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], x, key)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["lr"] = opt_state.hyperparams["learning_rate"]
         new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "key": state["key"]}
         return new_state, metrics

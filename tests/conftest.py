@@ -1,0 +1,23 @@
+"""Shared fixtures: a micro config and one trained micro run, reused by the read-only tests."""
+
+import pytest
+
+from jaxvae.config import Config
+
+
+def micro_config(**changes) -> Config:
+    """A model small enough to train in seconds on one CPU core."""
+    base = dict(image_size=16, patch_size=4, hidden=32, depth=1, heads=2, mlp_ratio=2, z_dim=4,
+                beta=1.0, lr=2e-3, batch_size=16, steps=20, log_every=5, eval_every=10, ckpt_every=10)
+    base.update(changes)
+    return Config(**base)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A finished micro run directory (treat as read-only)."""
+    from jaxvae.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "micro"
+    train(micro_config(), out, quiet=True)
+    return out

@@ -1,0 +1,156 @@
+"""The CLI end to end on a micro run, the Python API round trip, and every bad-input case."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import micro_config
+from PIL import Image
+
+import jaxvae
+from jaxvae import cli
+from jaxvae import data as data_lib
+from jaxvae import run as run_lib
+
+MICRO_FLAGS = ["--image-size", "16", "--patch-size", "4", "--hidden", "32", "--depth", "1", "--heads", "2",
+               "--mlp-ratio", "2", "--z-dim", "4", "--batch-size", "16", "--steps", "12", "--log-every", "4",
+               "--eval-every", "6", "--ckpt-every", "6", "--quiet"]
+RUN_FILES = ["config.json", "meta.json", "metrics.jsonl", "summary.json", "checkpoints", "curves.png",
+             "reconstructions.png", "samples.png", "interpolation.png"]
+
+
+def jaxvae_cmd(*args, cwd=None):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    return subprocess.run([sys.executable, "-m", "jaxvae", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=600)
+
+
+def _snapshot(path: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for p in sorted(path.rglob("*"))}
+
+
+def test_train_through_the_real_entry_point_writes_every_file(tmp_path):
+    out = tmp_path / "run"
+    r = jaxvae_cmd("train", "--preset", "tiny", *MICRO_FLAGS, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    for name in RUN_FILES:
+        assert (out / name).exists(), name
+    records = run_lib.read_metrics(out)
+    assert [r["step"] for r in records] == [4, 6, 8, 12]
+    keys = {"loss", "reconstruction_loss", "kl_loss", "x_std", "z_std", "grad_norm", "lr", "images_per_s", "step"}
+    assert all(keys <= set(r) for r in records)
+    assert [r["step"] for r in records if "val_loss" in r] == [6, 12]
+    summary = run_lib.read_json(out / "summary.json")
+    assert summary["steps"] == 12 and 0 <= summary["reconstruction_mse"] <= 1
+    assert run_lib.read_json(out / "config.json")["z_dim"] == 4
+    for png in ("curves.png", "reconstructions.png", "samples.png", "interpolation.png"):
+        assert Image.open(out / png).size[0] > 300
+
+
+def test_python_api_round_trip(trained_run):
+    vae = jaxvae.load(trained_run)
+    assert vae.config == micro_config()
+    x = data_lib.to_model_range(data_lib.load_dataset(vae.config).val[:5])
+    q = vae.encode(x)
+    assert isinstance(q.mean, np.ndarray) and q.mean.shape == (5, 4) and np.all(q.std > 0)
+    p = vae.decode(q.mean)
+    assert p.mean.shape == x.shape
+    np.testing.assert_allclose(vae.reconstruct(x), p.mean, atol=1e-5)
+    s = vae.sample(6, seed=1, temperature=0.5)
+    assert s.shape == (6, 16, 16, 3) and isinstance(s, np.ndarray)
+    np.testing.assert_array_equal(s, vae.sample(6, seed=1, temperature=0.5))
+    path = vae.interpolate(x[0], x[1], steps=5, method="lerp")
+    assert path.shape == (5, 16, 16, 3)
+    # the ends of a latent interpolation are the reconstructions of the two images
+    np.testing.assert_allclose(path[[0, -1]], vae.reconstruct(x[:2]), atol=1e-4)
+    np.testing.assert_allclose(vae.interpolate(x[0], x[1], steps=5)[[0, -1]], path[[0, -1]], atol=1e-4)
+
+
+def test_api_rejects_wrong_shapes(trained_run):
+    vae = jaxvae.load(trained_run)
+    with pytest.raises(ValueError, match=r"shape \(B, 16, 16, 3\)"):
+        vae.encode(np.zeros((2, 8, 8, 3)))
+    with pytest.raises(ValueError, match=r"z must have shape \(B, 4\)"):
+        vae.decode(np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize("command", ["sample", "reconstruct", "interpolate"])
+def test_picture_commands_write_a_png_and_leave_the_run_alone(trained_run, tmp_path, command):
+    before = _snapshot(trained_run)
+    out = tmp_path / f"{command}.png"
+    assert cli.main([command, str(trained_run), "--out", str(out)]) == 0
+    assert Image.open(out).size[0] > 200
+    assert _snapshot(trained_run) == before
+
+
+def _error(capsys, argv) -> str:
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("jaxvae: error: ") and "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--preset", "huge"], "unknown preset 'huge'"),
+    (["--posterior-scale", "std"], "unknown posterior_scale 'std'"),
+    (["--decoder-scale", "exp"], "unknown decoder_scale 'exp'"),
+    (["--patch-size", "5"], "patch_size 5 does not divide image_size 16"),
+    (["--image-size", "0"], "image_size must be a positive integer"),
+    (["--steps", "0"], "steps must be a positive integer"),
+    (["--batch-size", "-3"], "batch_size must be a positive integer"),
+    (["--beta", "-1"], "beta must be >= 0"),
+])
+def test_bad_training_flags(capsys, tmp_path, flags, message):
+    out = tmp_path / "never"
+    argv = ["train", *MICRO_FLAGS, *flags, "--out", str(out)]
+    if flags[0] == "--preset":
+        argv = ["train", *flags, "--out", str(out)]
+    assert message in _error(capsys, argv)
+    assert not out.exists()
+
+
+def test_existing_run_is_refused_without_overwrite(capsys, trained_run):
+    before = _snapshot(trained_run)
+    err = _error(capsys, ["train", *MICRO_FLAGS, "--out", str(trained_run)])
+    assert "already holds a run" in err and "--overwrite" in err
+    assert _snapshot(trained_run) == before
+
+
+def test_overwrite_replaces_only_the_run(tmp_path):
+    out = tmp_path / "run"
+    assert cli.main(["train", *MICRO_FLAGS, "--steps", "4", "--out", str(out)]) == 0
+    (out / "notes.txt").write_text("mine")
+    assert cli.main(["train", *MICRO_FLAGS, "--steps", "4", "--out", str(out), "--overwrite", "--seed", "3"]) == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert run_lib.read_json(out / "config.json")["seed"] == 3
+
+
+@pytest.mark.parametrize("command", ["sample", "reconstruct", "interpolate"])
+def test_missing_or_non_run_directories(capsys, tmp_path, command):
+    assert "does not exist" in _error(capsys, [command, str(tmp_path / "nope"), "--out", str(tmp_path / "a.png")])
+    (tmp_path / "empty").mkdir()
+    assert "is not a jaxvae run" in _error(capsys, [command, str(tmp_path / "empty"), "--out", str(tmp_path / "a.png")])
+
+
+def test_bad_picture_flags(capsys, trained_run, tmp_path):
+    assert "--n must be positive" in _error(capsys, ["sample", str(trained_run), "--n", "0"])
+    assert "unknown method" in _error(capsys, ["interpolate", str(trained_run), "--method", "cubic",
+                                               "--out", str(tmp_path / "i.png")])
+
+
+def test_help_explains_every_command():
+    for name in cli.COMMANDS:
+        r = jaxvae_cmd(name, "--help") if name == "train" else None
+        if r is not None:
+            assert r.returncode == 0 and "--posterior-scale" in r.stdout and "--beta" in r.stdout
+    with pytest.raises(SystemExit) as e:
+        cli.main(["sample", "--help"])
+    assert e.value.code == 0
+
+
+def test_unknown_command(capsys):
+    assert cli.main(["fly"]) == 2
+    assert "unknown command 'fly'" in capsys.readouterr().err

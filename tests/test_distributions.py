@@ -1,0 +1,128 @@
+"""DiagonalGaussian against float64 closed forms, a Monte-Carlo KL, and the chapter's two bugs."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxvae.distributions import PARAMETERIZATIONS, SOFTPLUS_FLOOR, DiagonalGaussian
+
+
+def sigma_f64(raw: np.ndarray, parameterization: str) -> np.ndarray:
+    raw = np.asarray(raw, np.float64)
+    if parameterization == "log_var":
+        return np.exp(raw / 2)
+    if parameterization == "log_std":
+        return np.exp(raw)
+    return np.log1p(np.exp(raw)) + SOFTPLUS_FLOOR
+
+
+RNG = np.random.default_rng(0)
+MEAN = RNG.normal(size=(4, 7)).astype(np.float32)
+RAW = RNG.uniform(-2, 2, size=(4, 7)).astype(np.float32)
+X = RNG.normal(size=(4, 7)).astype(np.float32)
+
+
+@pytest.mark.parametrize("p", PARAMETERIZATIONS)
+def test_scale_properties_match_closed_form(p):
+    d = DiagonalGaussian.from_raw(jnp.asarray(MEAN), jnp.asarray(RAW), p)
+    sigma = sigma_f64(RAW, p)
+    np.testing.assert_allclose(d.std, sigma, rtol=1e-5)
+    np.testing.assert_allclose(d.var, sigma**2, rtol=1e-5)
+    np.testing.assert_allclose(d.log_std, np.log(sigma), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(d.mean, MEAN)
+
+
+@pytest.mark.parametrize("p", PARAMETERIZATIONS)
+def test_log_prob_is_the_exact_gaussian_density(p):
+    d = DiagonalGaussian.from_raw(jnp.asarray(MEAN), jnp.asarray(RAW), p)
+    s = sigma_f64(RAW, p)
+    expected = -0.5 * np.log(2 * np.pi) - np.log(s) - (X - MEAN.astype(np.float64)) ** 2 / (2 * s**2)
+    np.testing.assert_allclose(d.log_prob(jnp.asarray(X)), expected, rtol=1e-5, atol=1e-5)
+    # and it integrates to one (trapezoid over a wide grid, one dimension)
+    grid = np.linspace(-40, 40, 400_001, dtype=np.float32)
+    one = DiagonalGaussian.from_raw(jnp.float32(0.3), jnp.float32(0.4), p)
+    assert abs(np.trapezoid(np.exp(np.asarray(one.log_prob(grid), np.float64)), grid) - 1) < 1e-4
+
+
+@pytest.mark.parametrize("p", PARAMETERIZATIONS)
+def test_kl_closed_form_and_monte_carlo(p):
+    d = DiagonalGaussian.from_raw(jnp.asarray(MEAN), jnp.asarray(RAW), p)
+    s = sigma_f64(RAW, p)
+    closed = 0.5 * (s**2 + MEAN.astype(np.float64) ** 2 - 1 - np.log(s**2))
+    np.testing.assert_allclose(d.kl_to_standard_normal(), closed, rtol=1e-5, atol=1e-6)
+    # Monte Carlo: KL = E_q[log q(z) - log N(z; 0, 1)], with samples from .sample itself, so
+    # sampling and KL are checked to read the same scale.
+    keys = jax.random.split(jax.random.key(1), 20_000)
+    z = jax.vmap(d.sample)(keys)  # (K, 4, 7)
+    prior = DiagonalGaussian(mean=jnp.zeros_like(z), log_std=jnp.zeros_like(z))
+    mc = np.mean(np.asarray(d.log_prob(z) - prior.log_prob(z), np.float64), axis=0)
+    se = np.std(np.asarray(d.log_prob(z) - prior.log_prob(z), np.float64), axis=0) / math.sqrt(len(keys))
+    assert np.all(np.abs(mc - closed) < 5 * se + 1e-3)
+
+
+def test_parameterizations_describe_the_same_distribution():
+    log_sigma = jnp.asarray(RAW) / 3
+    a = DiagonalGaussian.from_raw(jnp.asarray(MEAN), 2 * log_sigma, "log_var")
+    b = DiagonalGaussian.from_raw(jnp.asarray(MEAN), log_sigma, "log_std")
+    np.testing.assert_allclose(a.std, b.std, rtol=1e-6)
+    np.testing.assert_allclose(a.kl_to_standard_normal(), b.kl_to_standard_normal(), rtol=1e-6)
+    np.testing.assert_allclose(a.log_prob(jnp.asarray(X)), b.log_prob(jnp.asarray(X)), rtol=1e-6)
+
+
+def test_the_chapters_kl_disagrees_with_its_own_sampling():
+    """The chapter samples z = mean + exp(log_std) * eps but computes the KL as
+    1/2 (exp(log_std) + mean^2 - 1 - log_std), i.e. reads log_std as a log-variance. Against the
+    distribution it actually samples from, that KL is wrong; ours is right."""
+    mean, raw = jnp.asarray([0.5]), jnp.asarray([1.0])  # log_std = 1
+    chapter_kl = 0.5 * (jnp.exp(raw) + mean**2 - 1 - raw)
+    ours = DiagonalGaussian.from_raw(mean, raw, "log_std")
+    sigma = math.e
+    truth = 0.5 * (sigma**2 + 0.25 - 1 - 2 * 1.0)
+    np.testing.assert_allclose(ours.kl_to_standard_normal(), [truth], rtol=1e-6)
+    assert abs(float(chapter_kl[0]) - truth) > 1.0
+
+
+def test_the_chapters_reconstruction_term_halves_log_sigma():
+    """The chapter's NLL is 1/2 [((x-mu)/sigma)^2 + log sigma]: log sigma is halved, so it rewards
+    a decoder sigma that is too large. The exact NLL's optimum over sigma is |x - mu|; the
+    chapter's is sqrt(2) |x - mu|."""
+    x, mu = 1.0, 0.0
+    log_sigmas = jnp.linspace(-2, 2, 40_001)
+    ours = -DiagonalGaussian(mean=jnp.full_like(log_sigmas, mu), log_std=log_sigmas).log_prob(x)
+    chapter = 0.5 * (((x - mu) / jnp.exp(log_sigmas)) ** 2 + log_sigmas)
+    assert abs(float(jnp.exp(log_sigmas[jnp.argmin(ours)])) - 1.0) < 1e-3
+    assert abs(float(jnp.exp(log_sigmas[jnp.argmin(chapter)])) - math.sqrt(2)) < 1e-3
+
+
+@settings(max_examples=60, deadline=None)
+@given(raw=st.floats(-30, 30), mean=st.floats(-30, 30), x=st.floats(-30, 30),
+       p=st.sampled_from(PARAMETERIZATIONS))
+def test_finite_for_raw_up_to_30(raw, mean, x, p):
+    d = DiagonalGaussian.from_raw(jnp.float32(mean), jnp.float32(raw), p)
+    values = [d.std, d.var, d.log_std, d.log_prob(jnp.float32(x)), d.kl_to_standard_normal(),
+              d.sample(jax.random.key(0))]
+    assert all(np.isfinite(np.asarray(v)).all() for v in values)
+
+
+@pytest.mark.parametrize("p", PARAMETERIZATIONS)
+def test_gradients_flow_through_the_reparameterized_sample(p):
+    eps = jax.random.normal(jax.random.key(3), (5,))
+
+    def f(mean, raw):
+        return jnp.sum(DiagonalGaussian.from_raw(mean, raw, p).sample(jax.random.key(3)))
+
+    mean, raw = jnp.zeros(5), jnp.full(5, 0.3)
+    g_mean, g_raw = jax.grad(f, argnums=(0, 1))(mean, raw)
+    np.testing.assert_allclose(g_mean, np.ones(5), rtol=1e-6)
+    dsigma_draw = {"log_var": 0.5 * np.exp(0.15), "log_std": np.exp(0.3), "softplus": 1 / (1 + np.exp(-0.3))}[p]
+    np.testing.assert_allclose(g_raw, dsigma_draw * np.asarray(eps), rtol=1e-5)
+
+
+def test_unknown_parameterization_is_refused():
+    with pytest.raises(ValueError, match="unknown parameterization"):
+        DiagonalGaussian.from_raw(jnp.zeros(2), jnp.zeros(2), "std")

@@ -1,0 +1,89 @@
+"""Model shapes, the pinned parameter count of the chapter's model, and config round trips."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import micro_config
+
+from jaxvae.config import PRESETS, SEED, Config, ConfigError, preset
+from jaxvae.model import build, count_params, sincos_2d
+
+# The chapter's model (seed preset). The same count comes out of ../shared/bench/seed_ref.py,
+# the chapter's own linen code: 6,516,992.
+SEED_PARAMS = 6_516_992
+
+
+def test_seed_preset_is_the_chapters_setting():
+    c = preset("seed")
+    assert (c.hidden, c.z_dim, c.patch_size, c.image_size, c.channels) == (256, 64, 8, 64, 3)
+    assert (c.depth, c.heads, c.mlp_ratio, c.lr, c.batch_size, c.beta) == (4, 4, 4, 3e-4, 64, 100.0)
+    assert (c.steps, c.eval_every) == (100_000, 300)
+
+
+def test_seed_parameter_count_is_pinned():
+    assert count_params(build(SEED)) == SEED_PARAMS
+
+
+@pytest.mark.parametrize("changes", [
+    {}, {"image_size": 24, "patch_size": 8, "channels": 1}, {"z_dim": 7, "depth": 2},
+    {"decoder_variance": "fixed", "decoder_std": 0.5}, {"posterior_scale": "softplus", "decoder_scale": "log_var"},
+])
+def test_shapes(changes):
+    c = micro_config(**changes)
+    model = build(c)
+    x = jnp.zeros((3, c.image_size, c.image_size, c.channels))
+    q = model.encode(x)
+    assert q.mean.shape == q.log_std.shape == (3, c.z_dim)
+    p = model.decode(q.mean)
+    assert p.mean.shape == p.log_std.shape == x.shape
+    assert p.mean.dtype == jnp.float32
+
+
+def test_fixed_decoder_variance_has_the_given_sigma_and_no_scale_head():
+    learned, fixed = micro_config(), micro_config(decoder_variance="fixed", decoder_std=0.25)
+    p = build(fixed).decode(jnp.zeros((2, fixed.z_dim)))
+    np.testing.assert_allclose(p.std, 0.25, rtol=1e-6)
+    head = lambda c: build(c).decoder.head.kernel.shape[-1]  # noqa: E731
+    assert head(learned) == 2 * head(fixed)
+
+
+def test_sincos_embedding_is_distinct_per_patch():
+    emb = sincos_2d(32, 4)[0]
+    assert emb.shape == (16, 32)
+    assert len({tuple(np.round(r, 5)) for r in emb}) == 16
+
+
+def test_unpatchify_puts_each_patch_in_its_place():
+    """With the decoder's head zeroed except a bias that encodes (row, col, channel) positions,
+    the decoded image must equal the same layout built by hand."""
+    c = micro_config(decoder_variance="fixed")
+    model = build(c)
+    p, g = c.patch_size, c.image_size // c.patch_size
+    model.decoder.head.kernel[...] = jnp.zeros(model.decoder.head.kernel.shape)
+    bias = np.arange(p * p * c.channels, dtype=np.float32)  # (P*P*C,) in (py, px, ch) order
+    model.decoder.head.bias[...] = jnp.asarray(bias)
+    out = np.asarray(model.decode(jnp.zeros((1, c.z_dim))).mean[0])
+    expected = np.tile(bias.reshape(p, p, c.channels), (g, g, 1))
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_config_json_round_trip_and_presets():
+    for c in PRESETS.values():
+        assert Config.from_json(c.to_json()) == c
+    with pytest.raises(ConfigError, match="unknown keys"):
+        Config.from_dict({**SEED.to_dict(), "nonsense": 1})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"patch_size": 5}, "does not divide image_size"),
+    ({"image_size": 0}, "image_size must be a positive integer"),
+    ({"steps": -1}, "steps must be a positive"),
+    ({"batch_size": 0}, "batch_size must be a positive"),
+    ({"beta": -0.1}, "beta must be >= 0"),
+    ({"posterior_scale": "std"}, "unknown posterior_scale"),
+    ({"decoder_scale": "exp"}, "unknown decoder_scale"),
+    ({"heads": 3}, "heads 3 does not divide hidden"),
+])
+def test_invalid_configs_are_refused(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        micro_config(**changes)
