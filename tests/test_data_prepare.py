@@ -11,6 +11,7 @@ from PIL import Image
 
 from jaxvae.config import ConfigError
 from jaxvae.data import DataOptions, load_images
+from jaxvae.data import decode_worker as dw
 from jaxvae.data import prepare as prep
 from jaxvae.data.commands import PrepareArgs, ShowDataArgs, run_prepare, run_show_data
 from jaxvae.data.images import ImageSettings, decode_image
@@ -97,12 +98,24 @@ def test_empty_folders_and_folders_without_images(tmp_path):
     assert not (tmp_path / "c").exists() and not leftovers(tmp_path)
 
 
-def test_worker_processes_give_the_same_cache(tmp_path):
-    src = make_folder(tmp_path / "src", n=prep.MIN_IMAGES_FOR_POOL + 2, size=(10, 10))
+def test_worker_processes_give_the_same_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(prep, "MIN_IMAGES_FOR_POOL", 8)
+    src = make_folder(tmp_path / "src", n=30, size=(10, 10))
     (src / "bad.png").write_bytes(b"nope")
     one = prepare_folder(str(src), str(tmp_path / "one"), S, workers=1, quiet=True)
     two = prepare_folder(str(src), str(tmp_path / "two"), S, workers=2, quiet=True)
     assert one["content_hash"] == two["content_hash"] and one["skipped"] == two["skipped"]
+    assert sorted(os.listdir(tmp_path / "two")) == ["images.npy", "manifest.json"]
+
+
+def test_a_dying_worker_loses_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(prep, "MIN_IMAGES_FOR_POOL", 8)
+    src = make_folder(tmp_path / "src", n=12, size=(10, 10))
+    good = prepare_folder(str(src), str(tmp_path / "good"), S, workers=1, quiet=True)
+    monkeypatch.setattr(dw.sys, "executable", "/bin/false")  # every worker exits at once
+    again = prepare_folder(str(src), str(tmp_path / "again"), S, workers=2, quiet=True)
+    assert again["content_hash"] == good["content_hash"]
+    assert "worker failed (exit codes [1, 1]); decoding its remaining 12" in capsys.readouterr().err
 
 
 def test_training_cache_is_reused_then_rebuilt_when_the_folder_changes(tmp_path, monkeypatch):
@@ -131,6 +144,17 @@ def test_reused_cache_with_skipped_files_still_fails_under_error(tmp_path):
     ensure_cache(str(src), S, **kw)
     with pytest.raises(ConfigError, match=r"bad image .*zero.jpg: empty file"):
         ensure_cache(str(src), S, on_bad_image="error", **kw)
+
+
+def test_damaged_or_unwritable_caches_are_one_line_errors(tmp_path):
+    src = make_folder(tmp_path / "src", n=2)
+    prepare_folder(str(src), str(tmp_path / "c"), S, quiet=True)
+    (tmp_path / "c" / "images.npy").write_bytes(b"\x93NUMPY truncated")
+    with pytest.raises(ConfigError, match="the cache .* is damaged .*: prepare it again"):
+        open_cache(str(tmp_path / "c"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="could not prepare .*file/c"):
+        prepare_folder(str(src), str(tmp_path / "file" / "c"), S, quiet=True)
 
 
 def test_prepare_command_through_tyro(tmp_path, capsys):

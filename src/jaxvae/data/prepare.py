@@ -16,13 +16,10 @@ cache dir and rebuilds it when the folder's fingerprint (relative paths, sizes, 
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
-import itertools
 import json
-import multiprocessing
 import os
 import shutil
 import sys
@@ -33,10 +30,11 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxvae.config import ConfigError
-from jaxvae.data.images import IMAGE_EXTENSIONS, FoundFile, ImageSettings, decode_image, list_images
+from jaxvae.data.decode_worker import decode_in_process, decode_in_workers
+from jaxvae.data.images import IMAGE_EXTENSIONS, FoundFile, ImageSettings, list_images
 
 CACHE_FORMAT = "jaxvae-cache-v1"
-MIN_IMAGES_FOR_POOL = 64  # below this, starting worker processes costs more than it saves
+MIN_IMAGES_FOR_POOL = 500  # below this, starting worker processes (~0.5 s each) costs more than it saves
 
 
 def default_cache_root() -> str:
@@ -58,8 +56,11 @@ def atomic_dir(out: str, overwrite: bool) -> Iterator[str]:
     out = os.path.abspath(out)
     if os.path.exists(out) and not overwrite and (not os.path.isdir(out) or os.listdir(out)):
         raise ConfigError(f"{out} already exists and is not empty: choose another --out or pass --overwrite")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=os.path.dirname(out))
+    try:
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=os.path.dirname(out))
+    except OSError as e:
+        raise ConfigError(f"could not prepare {out}: {e}") from e
     try:
         yield tmp
         if os.path.exists(out):
@@ -69,6 +70,9 @@ def atomic_dir(out: str, overwrite: bool) -> Iterator[str]:
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.rename(tmp, out)
+    except OSError as e:  # a full disk, a read-only folder: one line, and nothing left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ConfigError(f"could not prepare {out}: {e}") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -80,38 +84,26 @@ def _write_manifest(folder: str, manifest: dict) -> None:
         f.write("\n")
 
 
-def _decode_all(root: str, files: list[FoundFile], s: ImageSettings, workers: int,
-                quiet: bool) -> Iterator[tuple[np.ndarray | None, bool, str | None]]:
-    """decode_image over every file, in order, in `workers` processes, behind a progress bar."""
+def _decode_all(root: str, files: list[FoundFile], npy: str, s: ImageSettings, workers: int,
+                quiet: bool) -> Iterator[tuple[int, bool, str | None]]:
+    """Decode files[row] into row of `npy`, behind a progress bar: (row, upscaled, reason) per file."""
     paths = [os.path.join(root, f.path) for f in files]
-    bar = tqdm(total=len(paths), desc="prepare", unit="img", disable=quiet, file=sys.stderr)
     if workers <= 1 or len(paths) < MIN_IMAGES_FOR_POOL:
-        for p in paths:
-            yield decode_image(p, s)
-            bar.update()
-        bar.close()
-        return
-    # spawn, not fork: the parent may already run JAX or grain threads, which fork would copy
-    # in an undefined state. Workers get paths and return arrays; nothing else crosses over.
-    # (As with any spawn pool, a calling script needs the `if __name__ == "__main__":` guard.)
-    pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    done = 0
-    try:
-        chunk = max(1, min(64, len(paths) // (8 * workers)))
-        for result in pool.map(decode_image, paths, itertools.repeat(s), chunksize=chunk):
+        results = decode_in_process(npy, paths, s)
+    else:
+        results = decode_in_workers(npy, paths, s, workers)
+    with contextlib.closing(results), tqdm(total=len(paths), desc="prepare", unit="img", disable=quiet,
+                                           file=sys.stderr) as bar:
+        for result in results:
             yield result
-            done += 1
             bar.update()
-    except concurrent.futures.process.BrokenProcessPool as e:
-        # A worker died (killed for memory, or a script without the main guard): finish here.
-        print(f"jaxvae: worker processes failed ({e}); decoding the remaining {len(paths) - done} "
-              "images in this process", file=sys.stderr)
-        for p in paths[done:]:
-            yield decode_image(p, s)
-            bar.update()
-    finally:
-        bar.close()
-        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _hash_rows(images: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for i in range(0, len(images), 4096):
+        digest.update(np.ascontiguousarray(images[i:i + 4096]).tobytes())
+    return "sha256:" + digest.hexdigest()
 
 
 def prepare_folder(root: str, out: str, s: ImageSettings, *, on_bad_image: str = "skip", workers: int = 0,
@@ -131,38 +123,39 @@ def prepare_folder(root: str, out: str, s: ImageSettings, *, on_bad_image: str =
     workers = workers or len(os.sched_getaffinity(0))
     with atomic_dir(out, overwrite) as tmp:
         npy = os.path.join(tmp, "images.npy")
-        images = np.lib.format.open_memmap(npy, "w+", np.uint8, (len(files), s.size, s.size, s.channels))
-        digest, kept, upscaled = hashlib.sha256(), [], 0
-        with contextlib.closing(_decode_all(root, files, s, workers, quiet)) as results:
-            for f, (pixels, up, reason) in zip(files, results, strict=True):
+        shape = (len(files), s.size, s.size, s.channels)
+        np.lib.format.open_memmap(npy, "w+", np.uint8, shape).flush()  # created here, filled by decoders
+        ok, upscaled = np.zeros(len(files), bool), 0
+        with contextlib.closing(_decode_all(root, files, npy, s, workers, quiet)) as results:
+            for row, up, reason in results:
                 if reason is not None:
                     if on_bad_image == "error":
-                        raise ConfigError(f"bad image {os.path.join(root, f.path)}: {reason}")
-                    skipped.append((f.path, reason))
+                        raise ConfigError(f"bad image {os.path.join(root, files[row].path)}: {reason}")
+                    skipped.append((files[row].path, reason))
                     continue
-                images[len(kept)] = pixels
-                digest.update(pixels.tobytes())  # row by row == the bytes of the final array
-                kept.append(f.path)
-                upscaled += up
-        if not kept:
+                ok[row], upscaled = True, upscaled + up
+        kept_rows = np.flatnonzero(ok)
+        if not len(kept_rows):
             raise ConfigError(f"no readable images in {root}: all {len(files)} failed, e.g. "
                               f"{skipped[-1][0]}: {skipped[-1][1]}")
-        if len(kept) < len(files):  # drop the rows left empty by skipped files
-            final = np.lib.format.open_memmap(npy + ".part", "w+", np.uint8, (len(kept),) + images.shape[1:])
-            for i in range(0, len(kept), 4096):
-                final[i:i + 4096] = images[i:min(i + 4096, len(kept))]
+        images = np.load(npy, mmap_mode="r")
+        if len(kept_rows) < len(files):  # drop the rows of skipped files
+            final = np.lib.format.open_memmap(npy + ".part", "w+", np.uint8, (len(kept_rows),) + shape[1:])
+            for i in range(0, len(kept_rows), 4096):
+                final[i:i + 4096] = images[kept_rows[i:i + 4096]]
             final.flush()
             del images, final
             os.replace(npy + ".part", npy)
-        else:
-            images.flush()
-            del images
+            images = np.load(npy, mmap_mode="r")
+        content_hash = _hash_rows(images)
+        del images
+        kept = [files[r].path for r in kept_rows]
         skipped.sort()
         manifest = {
             "format": CACHE_FORMAT, "source": os.path.realpath(root), "kind": "folder",
             "settings": dataclasses.asdict(s), "count": len(kept), "found": len(files),
             "skipped_count": len(skipped), "upscaled_count": upscaled, "ignored_other_files": ignored,
-            "source_fingerprint": fp, "content_hash": "sha256:" + digest.hexdigest(),
+            "source_fingerprint": fp, "content_hash": content_hash,
             "files": kept, "skipped": [{"path": p, "reason": r} for p, r in skipped],
         }
         _write_manifest(tmp, manifest)
@@ -205,9 +198,13 @@ def open_cache(folder: str) -> tuple[np.ndarray, dict]:
         raise ConfigError(f"{folder} is not a readable jaxvae cache: manifest.json: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != CACHE_FORMAT:
         raise ConfigError(f"{folder}/manifest.json is not a {CACHE_FORMAT} manifest: prepare the data again")
-    images = np.load(os.path.join(folder, "images.npy"), mmap_mode="r", allow_pickle=False)
-    s = manifest["settings"]
-    expected = (manifest["count"], s["size"], s["size"], s["channels"])
+    try:
+        images = np.load(os.path.join(folder, "images.npy"), mmap_mode="r", allow_pickle=False)
+        s = manifest["settings"]
+        expected = (manifest["count"], s["size"], s["size"], s["channels"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"the cache {folder} is damaged ({type(e).__name__}: {e}): prepare it again"
+                          ) from None
     if images.dtype != np.uint8 or images.shape != expected:
         raise ConfigError(f"{folder}/images.npy is {images.dtype} {images.shape} but its manifest says uint8 "
                           f"{expected}: the cache is damaged, prepare it again")
