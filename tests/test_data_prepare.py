@@ -196,6 +196,8 @@ def test_celeba_source_uses_the_face_crop(tmp_path):
     opts = DataOptions(image_size=8, cache_dir=str(tmp_path / "caches"))
     faces = load_images(f"celeba:{tmp_path / 'img_align_celeba'}", opts, quiet=True)
     np.testing.assert_array_equal(faces[0], np.full((8, 8, 3), (0, 255, 0)))  # nothing from outside the box
+    from_parent = load_images(f"celeba:{tmp_path}", opts, quiet=True)  # the dataset root works too
+    np.testing.assert_array_equal(from_parent, faces)
     plain = load_images(str(tmp_path / "img_align_celeba"), opts, quiet=True)
     assert plain[0, 0, 0, 1] < 200  # the plain centre square reaches the black border
 

@@ -20,7 +20,7 @@ from PIL import Image
 from jaxvae.config import ConfigError, check_data_options
 from jaxvae.data import DataOptions, load_images, sources
 from jaxvae.data.images import ImageSettings
-from jaxvae.data.prepare import prepare_folder, write_array_cache
+from jaxvae.data.prepare import current_umask, prepare_folder, write_array_cache
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +147,7 @@ def run_show_data(a: ShowDataArgs) -> int:
     os.close(fd)
     try:
         Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would make the figure private
         os.replace(tmp, a.out)
     except BaseException:
         os.unlink(tmp)

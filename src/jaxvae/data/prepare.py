@@ -50,6 +50,12 @@ def fingerprint(root: str, files: list[FoundFile], skipped: list[tuple[str, str]
     return h.hexdigest()
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str, overwrite: bool) -> Iterator[str]:
     """Yield a temporary folder beside `out`; on success it replaces `out`, on error it is removed."""
@@ -59,6 +65,7 @@ def atomic_dir(out: str, overwrite: bool) -> Iterator[str]:
     try:
         os.makedirs(os.path.dirname(out), exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=os.path.dirname(out))
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0700 would make the cache private
     except OSError as e:
         raise ConfigError(f"could not prepare {out}: {e}") from e
     try:

@@ -2,7 +2,7 @@
 
   shapes            the embedded dataset
   DIR               a folder of images (prepared into a cache first), or a prepared cache
-  celeba:DIR        CelebA's aligned-and-cropped folder (prepared with its face crop)
+  celeba:DIR        CelebA's img_align_celeba folder, or its parent (prepared with its face crop)
   FILE.npy          uint8 (N, H, W[, C]), or float with --data-range 01|pm1; memory-mapped
   FILE.npz          the same, the array named by --data-key (optional when there is one)
   mnist:DIR         train-images-idx3-ubyte[.gz] (mnist-test:DIR: t10k-images-idx3-ubyte[.gz])
@@ -51,6 +51,8 @@ def parse_source(spec: str) -> Source:
     if sep and prefix in PREFIXES:
         if not os.path.isdir(rest):
             raise ConfigError(f"{prefix}:DIR needs a folder, but {rest!r} is not one")
+        if prefix == "celeba" and os.path.isdir(os.path.join(rest, "img_align_celeba")):
+            rest = os.path.join(rest, "img_align_celeba")  # the dataset's root rather than its image folder
         return Source(prefix, rest)
     if spec.endswith((".npy", ".npz")):
         if not os.path.isfile(spec):
