@@ -106,6 +106,9 @@ def test_worker_processes_give_the_same_cache(tmp_path, monkeypatch):
     two = prepare_folder(str(src), str(tmp_path / "two"), S, workers=2, quiet=True)
     assert one["content_hash"] == two["content_hash"] and one["skipped"] == two["skipped"]
     assert sorted(os.listdir(tmp_path / "two")) == ["images.npy", "manifest.json"]
+    with pytest.raises(ConfigError, match=r"bad image .*bad.png"):  # stops the workers, writes nothing
+        prepare_folder(str(src), str(tmp_path / "three"), S, workers=2, on_bad_image="error", quiet=True)
+    assert not (tmp_path / "three").exists() and not leftovers(tmp_path)
 
 
 def test_a_dying_worker_loses_nothing(tmp_path, monkeypatch, capsys):

@@ -42,8 +42,11 @@ def decode_in_process(npy: str, paths: list[str], s: ImageSettings) -> Iterator[
 
 
 def _read_lines(stream, out: queue.Queue) -> None:
-    for line in stream:
-        out.put(json.loads(line))
+    try:
+        for line in stream:
+            out.put(json.loads(line))
+    except (OSError, ValueError):  # the stream was closed under us: the parent is stopping early
+        pass
     out.put(None)  # this worker is done
 
 

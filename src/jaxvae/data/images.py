@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 
 import numpy as np
 from PIL import Image, ImageColor, ImageOps
@@ -120,7 +121,9 @@ def decode_image(path: str, s: ImageSettings) -> tuple[np.ndarray | None, bool, 
     saved_limit = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None  # our explicit limit in _decode replaces PIL's warning at 89 MP
     try:
-        pixels, upscaled = _decode(path, s)
+        with warnings.catch_warnings():  # e.g. PIL's "corrupt EXIF": nothing a user can act on
+            warnings.simplefilter("ignore")
+            pixels, upscaled = _decode(path, s)
         return pixels, upscaled, None
     except BadImage as e:
         return None, False, str(e)
