@@ -11,6 +11,8 @@ import dataclasses
 import json
 from typing import Any
 
+from PIL import ImageColor
+
 SCALE_PARAMETERIZATIONS = ("log_var", "log_std", "softplus")
 
 
@@ -24,7 +26,14 @@ class Config:
 
     # --- data -------------------------------------------------------------------------------
     data: str = "shapes"
-    """Training data: `shapes` (embedded), a folder, .npy/.npz, mnist:DIR, cifar10:DIR, celeba:DIR."""
+    """Training data: shapes (embedded), a folder, a prepared cache, .npy/.npz, mnist:DIR, cifar10:DIR,
+    celeba:DIR (also mnist-test:DIR, cifar10-test:DIR for the official test files)."""
+    val_data: str = ""
+    """Explicit validation data (any --data source); when given, val_fraction is not used."""
+    data_key: str = ""
+    """Name of the array inside an .npz file (needed when it holds several)."""
+    data_range: str = ""
+    """Value range of float arrays: 01 for [0, 1], pm1 for [-1, 1] (uint8 data needs none)."""
     image_size: int = 64
     """Side length S of the square images the model sees."""
     channels: int = 3
@@ -33,6 +42,15 @@ class Config:
     """Deterministic held-out fraction for validation (the chapter's 95/5)."""
     flip: bool = False
     """Random horizontal flips on training batches."""
+    background: str = "white"
+    """Colour that transparent images are composited over when a folder is prepared (name or #rrggbb)."""
+    on_bad_image: str = "skip"
+    """A corrupt, truncated, empty or non-image file when a folder is prepared: skip (listed in
+    manifest.json) or error (stop, naming the file)."""
+    max_image_pixels: int = 100_000_000
+    """Larger images are refused as decompression bombs when a folder is prepared."""
+    cache_dir: str = ""
+    """Where folders are prepared for training (default $XDG_CACHE_HOME/jaxvae or ~/.cache/jaxvae)."""
 
     # --- model ------------------------------------------------------------------------------
     patch_size: int = 8
@@ -112,8 +130,28 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def check_data_options(*, image_size: int, channels: int, data_range: str = "", background: str = "white",
+                       on_bad_image: str = "skip", max_image_pixels: int = 1) -> None:
+    """The data settings' checks, shared by `Config` and the `prepare` / `show-data` commands."""
+    _check(isinstance(image_size, int) and image_size > 0,
+           f"image_size must be a positive integer, got {image_size!r}")
+    _check(channels in (1, 3), f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+    _check(data_range in ("", "01", "pm1"), f"unknown data_range {data_range!r}: choose 01 or pm1")
+    _check(on_bad_image in ("skip", "error"), f"unknown on_bad_image {on_bad_image!r}: choose skip or error")
+    _check(isinstance(max_image_pixels, int) and max_image_pixels > 0,
+           f"max_image_pixels must be a positive integer, got {max_image_pixels!r}")
+    try:
+        ImageColor.getrgb(background)
+    except ValueError:
+        raise ConfigError(f"unknown background colour {background!r}: give a name (white) or #rrggbb"
+                          ) from None
+
+
 def validate(c: Config) -> None:
     """Raise ConfigError naming the first setting that cannot work."""
+    check_data_options(image_size=c.image_size, channels=c.channels, data_range=c.data_range,
+                       background=c.background, on_bad_image=c.on_bad_image,
+                       max_image_pixels=c.max_image_pixels)
     for name in ("image_size", "channels", "patch_size", "hidden", "depth", "heads", "mlp_ratio",
                  "z_dim", "batch_size", "steps", "log_every", "eval_every", "ckpt_every"):
         value = getattr(c, name)

@@ -1,34 +1,92 @@
 """Data: where images come from, and the batches training sees.
 
 Interface used by the rest of jaxvae:
-  load_dataset(config) -> Dataset  with uint8 (N, S, S, C) train and val arrays (maybe memmaps)
+  load_dataset(config) -> Dataset  with uint8 (N, S, S, C) train and val arrays. For a memory-mapped
+      source (a prepared cache, a .npy) they are `Rows` views over the memmap, so nothing is
+      loaded into RAM; index them like arrays (int, slice or int array), or np.asarray() them.
   BatchIterator(images, batch_size, seed, flip)  an endless, resumable iterator of float32
-      batches in [-1, 1]; get_state() / set_state() restore its exact position.
+      batches in [-1, 1]; get_state() / set_state() restore its exact position (data/pipeline.py).
   to_model_range / to_uint8 convert between uint8 pixels and the model's [-1, 1].
+
+Modules: sources (what --data names, array readers), images (one file -> one array), prepare
+(folder -> cache), pipeline (grain batches), commands (`jaxvae prepare`, `jaxvae show-data`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
 from jaxvae.config import Config, ConfigError
+from jaxvae.data import sources
+from jaxvae.data.images import ImageSettings
+from jaxvae.data.prepare import ensure_cache, open_cache
 from jaxvae.data.shapes import make_shapes
 
 SHAPES_COUNT = 6000  # images rendered for `--data shapes`, split into train and val
 
 
+def __getattr__(name: str) -> Any:
+    # Imported on first use: grain takes ~1 s to import, and `prepare`'s spawned worker
+    # processes import this package without needing it.
+    if name == "BatchIterator":
+        from jaxvae.data.pipeline import BatchIterator
+        return BatchIterator
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    train: np.ndarray  # (N, S, S, C) uint8
-    val: np.ndarray  # (M, S, S, C) uint8
+    train: np.ndarray  # (N, S, S, C) uint8, or Rows of a memmap
+    val: np.ndarray  # (M, S, S, C) uint8, or Rows of a memmap
     source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DataOptions:
+    """The settings that turn a `--data` string into an array (a subset of Config)."""
+
+    image_size: int = 64
+    channels: int = 3
+    data_key: str = ""
+    data_range: str = ""
+    background: str = "white"
+    on_bad_image: str = "skip"
+    max_image_pixels: int = 100_000_000
+    cache_dir: str = ""
+
+    @classmethod
+    def from_config(cls, c: Config) -> DataOptions:
+        return cls(**{f.name: getattr(c, f.name) for f in dataclasses.fields(cls)})
+
+
+class Rows:
+    """Selected rows of a (memory-mapped) array, without reading them: a split that stays on disk.
+
+    Indexing returns ndarrays: rows[i] is (S, S, C); rows[a:b] and rows[int_array] are (n, S, S, C).
+    """
+
+    def __init__(self, base: np.ndarray, rows: np.ndarray):
+        self.base, self.rows = base, np.asarray(rows, np.int64)
+        self.shape = (len(self.rows),) + tuple(base.shape[1:])
+        self.dtype, self.ndim = base.dtype, base.ndim
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return np.asarray(self.base[self.rows[index]])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
 
 
 def to_model_range(images: np.ndarray) -> np.ndarray:
     """uint8 [0, 255] -> float32 [-1, 1], as in the chapter."""
-    return images.astype(np.float32) / 127.5 - 1.0
+    return np.asarray(images).astype(np.float32) / 127.5 - 1.0
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
@@ -37,54 +95,51 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
 
 
 def split(images: np.ndarray, val_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic held-out split: a seeded permutation, the last val_fraction held out."""
+    """Deterministic held-out split: a seeded permutation, the last val_fraction held out.
+
+    Both parts keep the source's order. A memmap is split into two `Rows` views (nothing read);
+    an in-memory array into two copies.
+    """
     n = len(images)
     n_val = max(1, int(round(n * val_fraction))) if val_fraction > 0 else 0
+    if n_val >= n:
+        raise ConfigError(f"val_fraction {val_fraction} of {n} images leaves no training images")
     order = np.random.default_rng(seed).permutation(n)
     train_idx, val_idx = np.sort(order[: n - n_val]), np.sort(order[n - n_val:])
+    if isinstance(images, np.memmap):
+        return Rows(images, train_idx), Rows(images, val_idx)
     return images[train_idx], images[val_idx]
 
 
+def load_images(spec: str, o: DataOptions, *, quiet: bool = False) -> np.ndarray:
+    """Every image that `spec` names, as uint8 (N, S, S, C) (a read-only memmap where possible)."""
+    src = sources.parse_source(spec)
+    if src.kind == "shapes":
+        return make_shapes(SHAPES_COUNT, o.image_size, seed=1234, channels=o.channels)[0]
+    if src.kind in ("folder", "celeba"):
+        settings = ImageSettings(o.image_size, o.channels, o.background, o.max_image_pixels,
+                                 crop="celeba" if src.kind == "celeba" else "center")
+        folder = ensure_cache(src.path, settings, cache_dir=o.cache_dir, on_bad_image=o.on_bad_image,
+                              quiet=quiet)
+        return open_cache(folder)[0]
+    if src.kind == "cache":
+        images, manifest = open_cache(src.path)
+        found = manifest["settings"]
+        if (found["size"], found["channels"]) != (o.image_size, o.channels):
+            raise ConfigError(f"the cache {src.path} holds {found['size']}-px {found['channels']}-channel "
+                              f"images, but --image-size {o.image_size} --channels {o.channels} is asked "
+                              "for: prepare it again with those settings")
+        return images
+    raw = sources.read_array_source(src, o.data_key)
+    return sources.conform(raw, o.image_size, o.channels, o.data_range, name=spec)
+
+
 def load_dataset(c: Config) -> Dataset:
-    if c.data == "shapes":
-        images, _ = make_shapes(SHAPES_COUNT, c.image_size, seed=1234, channels=c.channels)
+    """Train and validation images for a config: `val_data` when given, else a val_fraction split."""
+    o = DataOptions.from_config(c)
+    images = load_images(c.data, o)
+    if c.val_data:
+        train, val = images, load_images(c.val_data, o)
+    else:
         train, val = split(images, c.val_fraction)
-        return Dataset(train=train, val=val, source="shapes")
-    raise ConfigError(f"unknown data source {c.data!r}")
-
-
-class BatchIterator:
-    """Endless shuffled batches of float32 images in [-1, 1], resumable from get_state()."""
-
-    def __init__(self, images: np.ndarray, batch_size: int, seed: int, flip: bool = False):
-        if len(images) < batch_size:
-            raise ConfigError(f"batch_size {batch_size} is larger than the dataset ({len(images)} images)")
-        self.images, self.batch_size, self.seed, self.flip = images, batch_size, seed, flip
-        self.epoch, self.pos = 0, 0
-        self._order = self._permutation(0)
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.images))
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> np.ndarray:
-        if self.pos + self.batch_size > len(self.images):
-            self.epoch, self.pos = self.epoch + 1, 0
-            self._order = self._permutation(self.epoch)
-        idx = np.sort(self._order[self.pos: self.pos + self.batch_size])
-        batch = to_model_range(self.images[idx])
-        if self.flip:
-            rng = np.random.default_rng([self.seed, self.epoch, self.pos, 1])
-            mirror = rng.random(len(batch)) < 0.5
-            batch[mirror] = batch[mirror, :, ::-1]
-        self.pos += self.batch_size
-        return batch
-
-    def get_state(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def set_state(self, state: dict) -> None:
-        self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
-        self._order = self._permutation(self.epoch)
+    return Dataset(train=train, val=val, source=c.data)

@@ -1,0 +1,156 @@
+"""The data commands, `jaxvae prepare` and `jaxvae show-data`: tyro-parsable args and run functions.
+
+The CLI module wires them as subcommands; each run function returns an exit code and raises
+ConfigError (printed as one line) for bad input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import tempfile
+from typing import Annotated
+
+import numpy as np
+import tyro
+from PIL import Image
+
+from jaxvae.config import ConfigError, check_data_options
+from jaxvae.data import DataOptions, load_images, sources
+from jaxvae.data.images import ImageSettings
+from jaxvae.data.prepare import current_umask, prepare_folder, write_array_cache
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareArgs:
+    """Decode a folder of images (or any --data source) once into a memory-mapped uint8 cache."""
+
+    src: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="SRC")]
+    """The source: a folder, celeba:DIR, .npy/.npz, mnist:DIR, cifar10:DIR (or their -test forms)."""
+    out: str
+    """The cache folder to write (images.npy and manifest.json); use it as --data when training."""
+    image_size: int = 64
+    """Side length S of the square images written."""
+    channels: int = 3
+    """3 for RGB; 1 keeps (or makes) grayscale."""
+    background: str = "white"
+    """Colour that transparent images are composited over (name or #rrggbb)."""
+    on_bad_image: str = "skip"
+    """A corrupt, truncated, empty or non-image file: skip (listed in manifest.json) or error."""
+    max_image_pixels: int = 100_000_000
+    """Larger images are refused as decompression bombs."""
+    data_key: str = ""
+    """Name of the array inside an .npz file (needed when it holds several)."""
+    data_range: str = ""
+    """Value range of float arrays: 01 for [0, 1], pm1 for [-1, 1]."""
+    workers: int = 0
+    """Decoding processes (0: one per available core)."""
+    overwrite: bool = False
+    """Replace --out if it already exists."""
+    quiet: bool = False
+    """No progress bar."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ShowDataArgs:
+    """Write a grid of training images (the chapter's dataset figure) as a PNG."""
+
+    out: str
+    """The PNG file to write."""
+    data: str = "shapes"
+    """Any --data source (see `jaxvae train --help`)."""
+    image_size: int = 64
+    """Side length S of the images shown."""
+    channels: int = 3
+    """3 for RGB, 1 for grayscale."""
+    count: int = 64
+    """Images in the grid (a random sample, fixed by --seed)."""
+    seed: int = 0
+    """Which images are sampled."""
+    scale: int = 0
+    """Pixels per image pixel in the PNG (0: enough to make each image at least 64 px)."""
+    data_key: str = ""
+    """Name of the array inside an .npz file."""
+    data_range: str = ""
+    """Value range of float arrays: 01 or pm1."""
+    background: str = "white"
+    """Colour that transparent images are composited over when a folder is prepared."""
+    on_bad_image: str = "skip"
+    """skip or error, when a folder is prepared."""
+    max_image_pixels: int = 100_000_000
+    """Larger images are refused as decompression bombs when a folder is prepared."""
+    cache_dir: str = ""
+    """Where folders are prepared (default $XDG_CACHE_HOME/jaxvae or ~/.cache/jaxvae)."""
+
+
+def run_prepare(a: PrepareArgs) -> int:
+    check_data_options(image_size=a.image_size, channels=a.channels, data_range=a.data_range,
+                       background=a.background, on_bad_image=a.on_bad_image,
+                       max_image_pixels=a.max_image_pixels)
+    if a.workers < 0:
+        raise ConfigError(f"workers must be >= 0, got {a.workers}")
+    src = sources.parse_source(a.src)
+    if src.kind in ("folder", "celeba"):
+        settings = ImageSettings(a.image_size, a.channels, a.background, a.max_image_pixels,
+                                 crop="celeba" if src.kind == "celeba" else "center")
+        m = prepare_folder(src.path, a.out, settings, on_bad_image=a.on_bad_image, workers=a.workers,
+                           overwrite=a.overwrite, quiet=a.quiet)
+    elif src.kind == "cache":
+        raise ConfigError(f"{a.src} is already a prepared cache: train on it with --data {a.src}")
+    elif src.kind == "shapes":
+        images = load_images(a.src, DataOptions(image_size=a.image_size, channels=a.channels))
+        m = write_array_cache(images, a.out, a.src, overwrite=a.overwrite)
+    else:
+        raw = sources.read_array_source(src, a.data_key)
+        images = sources.conform(raw, a.image_size, a.channels, a.data_range, name=a.src)
+        upscaled = len(images) if raw.shape[1] < a.image_size else 0
+        m = write_array_cache(images, a.out, a.src, upscaled=upscaled, overwrite=a.overwrite)
+    print(f"jaxvae: wrote {m['count']} images of {a.image_size}x{a.image_size}x{a.channels} to "
+          f"{os.path.join(a.out, 'images.npy')} ({m['skipped_count']} skipped, "
+          f"{m['upscaled_count']} upscaled)", file=sys.stderr)
+    return 0
+
+
+def image_grid(images: np.ndarray, scale: int = 1, pad: int = 2) -> np.ndarray:
+    """(n, S, S, C) uint8 -> one (rows*(sS+pad)+pad, cols*(sS+pad)+pad, C) uint8 image on white."""
+    n, size, _, channels = images.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    cell = size * scale
+    grid = np.full((rows * (cell + pad) + pad, cols * (cell + pad) + pad, channels), 255, np.uint8)
+    big = images.repeat(scale, axis=1).repeat(scale, axis=2)  # nearest: pixels stay visible
+    for i in range(n):
+        r, c = divmod(i, cols)
+        y, x = pad + r * (cell + pad), pad + c * (cell + pad)
+        grid[y:y + cell, x:x + cell] = big[i]
+    return grid
+
+
+def run_show_data(a: ShowDataArgs) -> int:
+    check_data_options(image_size=a.image_size, channels=a.channels, data_range=a.data_range,
+                       background=a.background, on_bad_image=a.on_bad_image,
+                       max_image_pixels=a.max_image_pixels)
+    if a.count <= 0 or a.scale < 0:
+        raise ConfigError(f"count must be > 0 and scale >= 0, got count {a.count}, scale {a.scale}")
+    if not a.out.lower().endswith(".png"):
+        raise ConfigError(f"--out must name a .png file, got {a.out!r}")
+    options = DataOptions(**{f.name: getattr(a, f.name) for f in dataclasses.fields(DataOptions)})
+    images = load_images(a.data, options)
+    rows = np.sort(np.random.default_rng(a.seed).permutation(len(images))[:a.count])
+    scale = a.scale or max(1, math.ceil(64 / a.image_size))
+    grid = image_grid(np.asarray(images[rows]), scale)
+    folder = os.path.dirname(os.path.abspath(a.out))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)  # then rename: never a half-written PNG
+    os.close(fd)
+    try:
+        Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would make the figure private
+        os.replace(tmp, a.out)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    print(f"jaxvae: wrote a grid of {len(rows)} images from {a.data} to {a.out}", file=sys.stderr)
+    return 0
