@@ -139,12 +139,26 @@ def run_interpolate(argv: list[str]) -> int:
     return 0
 
 
+def run_prepare(argv: list[str]) -> int:
+    from jaxvae.data import commands
+
+    return commands.run_prepare(_parse(commands.PrepareArgs, argv, prog="prepare"))
+
+
+def run_show_data(argv: list[str]) -> int:
+    from jaxvae.data import commands
+
+    return commands.run_show_data(_parse(commands.ShowDataArgs, argv, prog="show-data"))
+
+
 # name -> (function taking the remaining argv, one-line description)
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (run_train, "train a VAE (--preset seed|tiny, every config field a flag)"),
     "sample": (run_sample, "decode prior samples of a run into a PNG"),
     "reconstruct": (run_reconstruct, "reconstruct held-out images of a run into a PNG"),
     "interpolate": (run_interpolate, "interpolate between two held-out images into a PNG"),
+    "prepare": (run_prepare, "decode an image folder/dataset once into a uint8 cache for training"),
+    "show-data": (run_show_data, "write a grid of dataset images to a PNG"),
 }
 
 

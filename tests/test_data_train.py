@@ -1,0 +1,30 @@
+"""A tiny training run on a folder of generated JPEGs, through the CLI, with an implicit cache."""
+
+import json
+
+import numpy as np
+from PIL import Image
+from test_cli import MICRO_FLAGS
+
+from jaxvae import cli
+from jaxvae import run as run_lib
+from jaxvae.data.shapes import make_shapes
+
+
+def test_train_on_a_folder_of_jpegs(tmp_path):
+    folder = tmp_path / "photos" / "nested"
+    folder.mkdir(parents=True)
+    images, _ = make_shapes(48, 40, seed=5)
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(folder / f"img_{i:03d}.jpg", quality=90)
+    (folder / "notes.txt").write_text("not an image")
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    argv = ["train", *MICRO_FLAGS, "--data", str(tmp_path / "photos"), "--cache-dir", str(cache),
+            "--val-fraction", "0.25", "--out", str(out)]
+    assert cli.main(argv) == 0
+    assert run_lib.read_json(out / "summary.json")["steps"] == 12
+    manifests = list(cache.rglob("manifest.json"))
+    assert len(manifests) == 1
+    manifest = json.loads(manifests[0].read_text())
+    assert np.load(manifests[0].parent / "images.npy", mmap_mode="r").shape == (48, 16, 16, 3)
+    assert len(manifest["files"]) == manifest["count"] == 48
