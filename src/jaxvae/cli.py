@@ -33,6 +33,8 @@ class TrainArgs:
     """Replace a run that already exists in --out."""
     quiet: bool = False
     """No progress bar or log lines."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files to OUT/tensorboard (needs the tensorboardX extra)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +88,7 @@ def run_train(argv: list[str]) -> int:
 
     name = _preset_name(argv)
     args = _parse(TrainArgs, argv, default=TrainArgs(config=preset(name), preset=name), prog="train")
-    train(args.config, args.out, overwrite=args.overwrite, quiet=args.quiet)
+    train(args.config, args.out, overwrite=args.overwrite, quiet=args.quiet, tensorboard=args.tensorboard)
     return 0
 
 
@@ -139,12 +141,26 @@ def run_interpolate(argv: list[str]) -> int:
     return 0
 
 
+def run_report(argv: list[str]) -> int:
+    from jaxvae import report
+
+    return report.run_report(argv)
+
+
+def run_traverse(argv: list[str]) -> int:
+    from jaxvae import latents
+
+    return latents.run_traverse(argv)
+
+
 # name -> (function taking the remaining argv, one-line description)
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (run_train, "train a VAE (--preset seed|tiny, every config field a flag)"),
     "sample": (run_sample, "decode prior samples of a run into a PNG"),
     "reconstruct": (run_reconstruct, "reconstruct held-out images of a run into a PNG"),
     "interpolate": (run_interpolate, "interpolate between two held-out images into a PNG"),
+    "report": (run_report, "write a run's self-contained HTML report (RUN/report.html)"),
+    "traverse": (run_traverse, "latent traversals of the most active (or --dims) dimensions into a PNG"),
 }
 
 
