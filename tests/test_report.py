@@ -196,7 +196,8 @@ def test_run_without_checkpoint_with_evaluation_and_hostile_strings(trained, tmp
     assert html.escape('run <b>&"x') in text and "<b>&" not in text
     assert "<th>test.elbo_nats</th>" in text and ">-123.25</td>" in text and ">a&amp;b</td>" in text
     assert "[20 values]" in text
-    assert len(_images(text)) == 1  # the curves
+    assert "<h2>The data" in text  # needs no checkpoint
+    assert len(_images(text)) == 1 + 2  # the curves, two rows of training images
 
 
 def test_a_directory_that_is_not_a_run(tmp_path, capsys):

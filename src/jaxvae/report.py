@@ -24,6 +24,7 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import tyro
@@ -122,21 +123,18 @@ def _flatten(obj, prefix: str = "") -> list[tuple[str, object]]:
 # --- the sections -------------------------------------------------------------------------------------
 
 def _summary(page: Page, path: Path, config: Config, records: list[dict]) -> None:
-    summary_file = path / run_lib.SUMMARY
-    summary = _read_json(page, summary_file)
+    summary = _read_json(page, path / run_lib.SUMMARY)
     parts = []
-    if summary is not None:
+    if isinstance(summary, dict):
         rows = [(SUMMARY_LABELS.get(k, k), summary[k]) for k in SUMMARY_LABELS if k in summary]
         rows += [(k, v) for k, v in sorted(summary.items()) if k not in SUMMARY_LABELS]
         parts.append(_table(rows))
     else:
         page.missing.append(f"no {run_lib.SUMMARY}: training has not finished (or was interrupted)")
-    if records:
-        last = records[-1]
-        step = last.get("step", "?")
-        if summary is None:
-            parts.append(_p(f"last logged step {step} of {config.steps}:"))
-            parts.append(_table([(k, v) for k, v in sorted(last.items()) if k != "step"]))
+        if records:  # the latest logged metrics are the summary so far
+            last = records[-1]
+            parts += [_p(f"last logged step {last.get('step', '?')} of {config.steps}:"),
+                      _table([(k, v) for k, v in sorted(last.items()) if k != "step"])]
     page.add("Run summary", *parts or [_p("nothing recorded yet")])
 
 
@@ -191,6 +189,28 @@ def _load_data(page: Page, config: Config):
         return None
 
 
+def _data(page: Page, dataset) -> None:
+    from jaxvae import data as data_lib
+
+    train = data_lib.to_model_range(dataset.train[:2 * PER_ROW])
+    page.add("The data", _p(f"{len(dataset.train)} training and {len(dataset.val)} held-out images "
+                            f"from {dataset.source}."),
+             _grid([("train", train[:PER_ROW]), ("", train[PER_ROW:])], "training images"))
+
+
+def _held_out(page: Page, dataset) -> np.ndarray:
+    """The first latents.HELD_OUT held-out images in [-1,1], (N,S,S,C); none without data."""
+    from jaxvae import data as data_lib
+    from jaxvae.latents import HELD_OUT
+
+    if dataset is None:
+        return np.zeros((0,))
+    if len(dataset.val) < 2:
+        page.missing.append(f"{len(dataset.val)} held-out images: no interpolation"
+                            + ("" if len(dataset.val) else ", reconstructions, KL per dimension or traversals"))
+    return data_lib.to_model_range(dataset.val[:HELD_OUT])
+
+
 def _grid(rows: list[tuple[str, np.ndarray]], alt: str) -> str:
     """Labelled rows of images (each (N,S,S,C) in [-1,1]) as a table: labels in HTML, pixels as PNG."""
     from jaxvae import plots
@@ -200,16 +220,14 @@ def _grid(rows: list[tuple[str, np.ndarray]], alt: str) -> str:
     return f'<table class="grid">{body}</table>'
 
 
-def _pictures(page: Page, config: Config, vae, step: int, dataset) -> None:
-    """Every section that needs the trained model. All held-out images are encoded in one pass and
-    every latent the page shows is decoded in one pass, so the page costs two compilations."""
+def _pictures(page: Page, config: Config, model, step: int, val: np.ndarray) -> None:
+    """Every section that needs the trained model; val (N,S,S,C) in [-1,1] are held-out images,
+    maybe none. They are encoded in one pass and every latent the page shows is decoded in one
+    pass, so the page costs two compilations."""
     import jax
 
-    from jaxvae import data as data_lib
     from jaxvae import latents, plots, sample
 
-    model = vae.model
-    val = data_lib.to_model_range(dataset.val[:latents.HELD_OUT]) if dataset is not None else np.zeros((0,))
     # name -> (B,Z) latents to decode; the same draw at every temperature, as sample_prior makes it
     noise = np.asarray(jax.random.normal(jax.random.key(config.seed + 3), (PER_ROW, config.z_dim)))
     wanted = {f"T = {t}": np.float32(t) * noise for t in TEMPERATURES}
@@ -228,11 +246,6 @@ def _pictures(page: Page, config: Config, vae, step: int, dataset) -> None:
     ends = np.cumsum([len(z) for z in wanted.values()])
     out = dict(zip(wanted, np.split(decoded, ends[:-1]), strict=True))
 
-    if dataset is not None:
-        train = data_lib.to_model_range(dataset.train[:2 * PER_ROW])
-        page.add("The data", _p(f"{len(dataset.train)} training and {len(dataset.val)} held-out images "
-                                f"from {dataset.source}."),
-                 _grid([("train", train[:PER_ROW]), ("", train[PER_ROW:])], "training images"))
     if len(val):
         originals, recon = val[:PER_ROW], out["reconstruction"]
         mse = sample.pixel_mse(originals, recon)
@@ -249,11 +262,7 @@ def _pictures(page: Page, config: Config, vae, step: int, dataset) -> None:
                  _grid([("pixel space", sample.interpolate_pixels(val[0], val[1], PER_ROW)),
                         ("latent lerp", out["latent lerp"]), ("latent slerp", out["latent slerp"])],
                        "interpolation"))
-    elif dataset is not None:
-        page.missing.append("fewer than 2 held-out images: no interpolation")
     if not len(val):
-        if dataset is not None:
-            page.missing.append("no held-out images: no reconstructions, KL per dimension or traversals")
         return
 
     page.add("KL per latent dimension",
@@ -306,10 +315,12 @@ def build_report(run: str | os.PathLike) -> str:
     _summary(page, path, config, records)
     _config(page, config)
     _curves(page, records)
-    vae, step = _load_model(page, path)
     dataset = _load_data(page, config)
+    if dataset is not None:
+        _data(page, dataset)
+    vae, step = _load_model(page, path)
     if vae is not None:
-        _pictures(page, config, vae, step, dataset)
+        _pictures(page, config, vae.model, step, _held_out(page, dataset))
     _evaluation(page, path)
 
     meta = _read_json(page, path / run_lib.META) or {}
@@ -350,8 +361,8 @@ class ReportArgs:
 
     run: tyro.conf.Positional[str]
     """Run directory."""
-    out: str | None = None
-    """HTML file to write (default RUN/report.html)."""
+    out: Annotated[str | None, tyro.conf.arg(metavar="FILE")] = None
+    """HTML file to write (default: RUN/report.html)."""
 
 
 def run_report(argv: list[str]) -> int:
