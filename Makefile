@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench lint clean
+.PHONY: venv demo test bench lint clean report-check
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,8 +18,18 @@ demo: $(STAMP)
 	$(BIN)/jaxvae train --preset tiny --data shapes --out runs/demo --overwrite
 
 test: $(STAMP)
+	@# headless Chromium for the report's browser test (tests/test_report_browser.py skips without it)
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+		|| echo "chromium unavailable: browser test will skip"
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+# Open a run's report in headless Chromium: no failed or outside requests, every image decodes,
+# the page is not blank. `make report-check RUN=runs/demo` (rewrites RUN/report.html first).
+report-check: $(STAMP)
+	@test -n "$(RUN)" || (echo "usage: make report-check RUN=runs/NAME" >&2; exit 2)
+	$(BIN)/jaxvae report $(RUN)
+	$(BIN)/python scripts/report_check.py $(RUN)/report.html --screenshot $(patsubst %/,%,$(RUN))-report.png
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/train_step.py

@@ -33,6 +33,8 @@ class TrainArgs:
     """Replace a run that already exists in --out."""
     quiet: bool = False
     """No progress bar or log lines."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files to OUT/tensorboard (needs the tensorboardX extra)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +88,7 @@ def run_train(argv: list[str]) -> int:
 
     name = _preset_name(argv)
     args = _parse(TrainArgs, argv, default=TrainArgs(config=preset(name), preset=name), prog="train")
-    train(args.config, args.out, overwrite=args.overwrite, quiet=args.quiet)
+    train(args.config, args.out, overwrite=args.overwrite, quiet=args.quiet, tensorboard=args.tensorboard)
     return 0
 
 
@@ -151,6 +153,18 @@ def run_show_data(argv: list[str]) -> int:
     return commands.run_show_data(_parse(commands.ShowDataArgs, argv, prog="show-data"))
 
 
+def run_report(argv: list[str]) -> int:
+    from jaxvae import report
+
+    return report.run_report(argv)
+
+
+def run_traverse(argv: list[str]) -> int:
+    from jaxvae import latents
+
+    return latents.run_traverse(argv)
+
+
 # name -> (function taking the remaining argv, one-line description)
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (run_train, "train a VAE (--preset seed|tiny, every config field a flag)"),
@@ -159,6 +173,8 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "interpolate": (run_interpolate, "interpolate between two held-out images into a PNG"),
     "prepare": (run_prepare, "decode an image folder/dataset once into a uint8 cache for training"),
     "show-data": (run_show_data, "write a grid of dataset images to a PNG"),
+    "report": (run_report, "write a run's self-contained HTML report (RUN/report.html)"),
+    "traverse": (run_traverse, "latent traversals of the most active (or --dims) dimensions into a PNG"),
 }
 
 

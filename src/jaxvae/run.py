@@ -6,6 +6,8 @@
   RUN/checkpoints/     Orbax checkpoints
   RUN/summary.json     final metrics, wall time, images/s, reconstruction MSE
   RUN/*.png            curves, reconstructions, samples, interpolation
+  RUN/report.html      the self-contained HTML report (jaxvae report)
+  RUN/tensorboard/     event files, with train --tensorboard
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ VERSION = "0.1.0"
 CONFIG, META, METRICS, SUMMARY, CHECKPOINTS = (
     "config.json", "meta.json", "metrics.jsonl", "summary.json", "checkpoints")
 PICTURES = ("curves.png", "reconstructions.png", "samples.png", "interpolation.png")
+REPORT, TENSORBOARD = "report.html", "tensorboard"  # jaxvae report; train --tensorboard
 # Everything a run writes; --overwrite removes exactly these and nothing else of the user's.
-RUN_FILES = (CONFIG, META, METRICS, SUMMARY, CHECKPOINTS, *PICTURES)
+RUN_FILES = (CONFIG, META, METRICS, SUMMARY, CHECKPOINTS, *PICTURES, REPORT, TENSORBOARD)
 
 
 class RunError(ConfigError):

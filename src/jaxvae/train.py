@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -28,6 +29,7 @@ from jaxvae.checkpoint import Checkpointer
 from jaxvae.config import Config
 from jaxvae.losses import vae_loss
 from jaxvae.model import build
+from jaxvae.tensorboard import TensorBoard
 
 VAL_IMAGES = 512  # validation loss is measured on (up to) this many fixed held-out images
 
@@ -96,12 +98,15 @@ def _progress(c: Config, quiet: bool):
     return tqdm(total=c.steps, disable=quiet or not sys.stderr.isatty(), dynamic_ncols=True, unit="step")
 
 
-def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = False) -> dict:
+def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = False,
+          tensorboard: bool = False) -> dict:
     """Train a fresh run of config c into `out`; returns the summary (also in summary.json)."""
     t_start = time.perf_counter()
+    tb = TensorBoard(tensorboard)  # before anything is written: a missing tensorboardX fails here
     dataset = data_lib.load_dataset(c)
     batches = data_lib.BatchIterator(dataset.train, c.batch_size, seed=c.seed, flip=c.flip)
     run_dir = run_lib.create(out, c, overwrite)
+    tb.open(run_dir)
 
     graphdef, state = init_state(c)
     train_step, eval_step = make_train_step(graphdef, c), make_eval_step(graphdef, c)
@@ -134,6 +139,7 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
                         say(f"step {done}/{c.steps}  loss {record['loss']:.2f}  val_loss {record['val_loss']:.2f}"
                             f"  kl {record['kl_loss']:.2f}  {record['images_per_s']:.0f} img/s", flush=True)
                 run_lib.append_metrics(run_dir, record)
+                tb.scalars(done, record)
                 bar.set_postfix(loss=f"{record['loss']:.1f}", kl=f"{record['kl_loss']:.1f}",
                                 img_s=f"{record['images_per_s']:.0f}")
                 window_t, window_steps = time.perf_counter(), 0
@@ -144,15 +150,29 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
         bar.close()
         ckpt.wait()
         ckpt.close()
+        tb.close()
 
     train_seconds = time.perf_counter() - t_start
     summary = finish(run_dir, c, graphdef, state["params"], dataset, record)
     summary.update(wall_time_s=train_seconds, compile_s=compile_s or 0.0,
                    images_per_s=float(np.median(rates)) if rates else 0.0)
     run_lib.write_json(run_dir / run_lib.SUMMARY, summary)
+    tb.images(c.steps, {name.removesuffix(".png"): run_dir / name for name in run_lib.PICTURES})
+    _write_report(run_dir)
     say(f"trained {c.steps} steps in {train_seconds:.1f} s ({summary['images_per_s']:.0f} img/s); "
         f"val reconstruction MSE {summary['reconstruction_mse']:.4f}; wrote {run_dir}")
     return summary
+
+
+def _write_report(run_dir: Path) -> None:
+    """Regenerate RUN/report.html. The run is complete on disk by now, so a failure here is a
+    warning (and `jaxvae report RUN` can retry), never a lost run."""
+    try:
+        from jaxvae.report import write_report
+
+        write_report(run_dir)
+    except Exception as e:
+        warnings.warn(f"could not write the report of {run_dir}: {type(e).__name__}: {e}", stacklevel=2)
 
 
 def finish(run_dir: Path, c: Config, graphdef, params, dataset, last: dict) -> dict:

@@ -1,0 +1,193 @@
+"""What the latent dimensions do: KL per dimension, which dimensions are active, and traversals.
+
+A VAE under a KL penalty switches most latent dimensions off (their posterior collapses onto the
+prior, KL ~ 0) and codes the images in a few. The KL per dimension, averaged over held-out images,
+says which; a traversal shows what one of them draws: decode a held-out image's posterior mean
+with that one coordinate swept over [-3, 3] prior standard deviations.
+
+Also `jaxvae traverse RUN --dims ... --out FILE.png`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tyro
+from flax import nnx
+
+from jaxvae import sample as sample_lib
+from jaxvae.config import ConfigError
+
+SPAN = 3.0  # traversals sweep each dimension over [-SPAN, +SPAN] prior sigmas (the prior's sigma is 1)
+STEPS = 9  # images per traversal row: odd, so the middle column is z_d = 0, the prior's mean
+TOP = 8  # traversals show this many of the most active dimensions by default
+HELD_OUT = 512  # images the KL per dimension is averaged over
+ACTIVE_VARIANCE = 0.01  # Burda et al. (2016): dimension d is active when Var_x E_q[z_d|x] > 0.01
+
+
+@nnx.jit
+def _posterior(model, x):
+    q = model.encode(x)
+    return q.mean, q.log_std
+
+
+@nnx.jit
+def _decode_mean(model, z):
+    return model.decode(z).mean
+
+
+def _batched(fn, model, x: np.ndarray):
+    """fn(model, x) over x in chunks whose size is a power of two (the tail zero-padded), so the
+    handful of calls a report makes compile once or twice instead of once per batch size."""
+    size = min(sample_lib.CHUNK, 1 << max(0, len(x) - 1).bit_length())
+    outs = []
+    for i in range(0, len(x), size):
+        chunk = np.asarray(x[i:i + size], np.float32)
+        n = len(chunk)
+        chunk = np.concatenate([chunk, np.zeros((size - n, *chunk.shape[1:]), np.float32)])
+        outs.append(jax.tree.map(lambda a, n=n: np.asarray(a)[:n], fn(model, jnp.asarray(chunk))))
+    return jax.tree.map(lambda *parts: np.concatenate(parts), *outs)
+
+
+def posterior(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B,S,S,C) in [-1,1] -> (mean, log_std) of q(z|x), each (B,Z) float64 numpy."""
+    mean, log_std = _batched(_posterior, model, x)
+    return mean.astype(np.float64), log_std.astype(np.float64)
+
+
+def decode_mean(model, z: np.ndarray) -> np.ndarray:
+    """(B,Z) -> (B,S,S,C) decoder means (as sample.decode_mean, with power-of-two batches)."""
+    return _batched(_decode_mean, model, z)
+
+
+def kl_per_dim(mean: np.ndarray, log_std: np.ndarray) -> np.ndarray:
+    """(B,Z), (B,Z) -> (Z,): KL(q(z_d|x) || N(0,1)) in nats, averaged over the B images.
+
+    Summed over d this is the mean KL the loss logs as kl_loss (before beta)."""
+    var = np.exp(2 * log_std)
+    return np.mean(0.5 * (var + np.square(mean) - 1.0 - 2 * log_std), axis=0)
+
+
+def posterior_mean_variance(mean: np.ndarray) -> np.ndarray:
+    """(B,Z) -> (Z,): variance over images of the posterior mean, Var_x E_q[z_d|x]."""
+    return np.var(mean, axis=0)
+
+
+def most_active(kl: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k dimensions with the largest KL, largest first (ties: lower index first)."""
+    order = np.argsort(-np.asarray(kl), kind="stable")
+    return order[:k]
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentStats:
+    """Per-dimension statistics of q(z|x) over held-out images."""
+
+    kl: np.ndarray  # (Z,) nats, mean over images
+    mean_variance: np.ndarray  # (Z,) Var_x E_q[z_d|x]
+    images: int  # how many held-out images they were averaged over
+
+    @property
+    def active(self) -> int:
+        return int(np.sum(self.mean_variance > ACTIVE_VARIANCE))
+
+    @classmethod
+    def of(cls, mean: np.ndarray, log_std: np.ndarray) -> LatentStats:
+        """From the posteriors (B,Z), (B,Z) of B held-out images."""
+        return cls(kl=kl_per_dim(mean, log_std), mean_variance=posterior_mean_variance(mean), images=len(mean))
+
+
+def latent_stats(model, x: np.ndarray) -> LatentStats:
+    return LatentStats.of(*posterior(model, x))
+
+
+def traversal_latents(z0: np.ndarray, dims, values: np.ndarray) -> np.ndarray:
+    """(Z,), D dims, (T,) values -> (D,T,Z): row i is z0 with coordinate dims[i] set to each value."""
+    z0 = np.asarray(z0, np.float32)
+    dims = np.asarray(dims, np.int64)
+    z = np.broadcast_to(z0, (len(dims), len(values), len(z0))).copy()
+    z[np.arange(len(dims)), :, dims] = np.asarray(values, np.float32)[None, :]
+    return z
+
+
+def traverse(model, x: np.ndarray, dims, steps: int = STEPS, span: float = SPAN) -> tuple[np.ndarray, np.ndarray]:
+    """Decode traversals of `dims` around one image's posterior mean.
+
+    Args:
+      model: a VAE.
+      x: (S,S,C) one image in [-1,1]; every other coordinate is held at its posterior mean.
+      dims: D latent indices.
+      steps: T images per row; span: the sweep is linspace(-span, span, T) (prior sigmas).
+    Returns:
+      images (D,T,S,S,C) decoder means, and values (T,).
+    """
+    values = np.linspace(-span, span, steps)
+    z0 = posterior(model, np.asarray(x, np.float32)[None])[0][0]
+    z = traversal_latents(z0, dims, values)  # (D,T,Z)
+    images = decode_mean(model, z.reshape(-1, z.shape[-1]))
+    return images.reshape(len(z), steps, *images.shape[1:]), values
+
+
+def check_dims(dims, z_dim: int) -> list[int]:
+    bad = [d for d in dims if not 0 <= d < z_dim]
+    if bad:
+        raise ConfigError(f"--dims {bad} out of range: the model has z_dim {z_dim} (dims 0..{z_dim - 1})")
+    if len(set(dims)) != len(dims):
+        raise ConfigError(f"--dims {list(dims)} repeats a dimension")
+    return list(dims)
+
+
+# --- `jaxvae traverse` ---------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class TraverseArgs:
+    """Latent traversals of a trained run: each row decodes one held-out image's posterior mean with
+    one latent dimension swept over [-span, +span] prior sigmas. By default the most active
+    dimensions (largest mean KL over held-out images), largest first."""
+
+    run: tyro.conf.Positional[str]
+    """Run directory."""
+    out: str = "traversals.png"
+    """PNG file to write."""
+    dims: tuple[int, ...] = ()
+    """Latent dimensions to sweep, e.g. `--dims 3 7 12`; default: the --top most active."""
+    top: int = TOP
+    """How many of the most active dimensions when --dims is not given."""
+    steps: int = STEPS
+    """Images per row."""
+    span: float = SPAN
+    """Sweep [-span, +span] prior sigmas."""
+    image: int = 0
+    """Index of the held-out image whose posterior mean the other dimensions keep."""
+
+
+def run_traverse(argv: list[str]) -> int:
+    import jaxvae
+    from jaxvae import data as data_lib
+    from jaxvae import plots
+    from jaxvae import run as run_lib
+
+    a = tyro.cli(TraverseArgs, args=argv, prog="jaxvae traverse")
+    for name in ("top", "steps"):
+        if getattr(a, name) <= 0:
+            raise ConfigError(f"--{name} must be positive, got {getattr(a, name)}")
+    if not a.span > 0:
+        raise ConfigError(f"--span must be > 0, got {a.span}")
+    _, config = run_lib.open_run(a.run)  # bad input is refused before the checkpoint is read
+    dims = check_dims(a.dims, config.z_dim) if a.dims else None
+    val = data_lib.load_dataset(config).val
+    if not 0 <= a.image < len(val):
+        raise ConfigError(f"--image must index the {len(val)} held-out images, got {a.image}")
+    vae = jaxvae.load(a.run)
+    stats = latent_stats(vae.model, data_lib.to_model_range(val[:HELD_OUT]))
+    dims = dims or list(most_active(stats.kl, min(a.top, config.z_dim)))
+    image = data_lib.to_model_range(val[a.image])
+    images, values = traverse(vae.model, image, dims, a.steps, a.span)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plots.traversal_grid(images, dims, values, out, kl=stats.kl)
+    return 0

@@ -1,0 +1,373 @@
+"""`jaxvae report RUN`: the run as one self-contained HTML page, the chapter's page of pictures.
+
+The page carries everything inline (PNG images as base64 data URIs, CSS in a <style> block), runs no
+script and makes no request: a Content-Security-Policy of `default-src 'none'` enforces that in the
+browser, so it reads the same from a laptop's disk, an e-mail or a CI artefact. Every user string
+(paths, config values, evaluation keys) goes through html.escape.
+
+The pictures are recomputed from the latest checkpoint, so the page shows what `jaxvae.load` would
+give: config and summary, the five curves, the data, reconstructions with their MSE, prior samples
+at three temperatures, pixel/lerp/slerp interpolations, the KL per latent dimension, traversals of
+the most active dimensions, and `evaluation*.json` where `jaxvae evaluate` wrote one. A run that is
+partial (still training, interrupted before a checkpoint, data moved) gets a page of what exists
+and one line for each thing that is missing. Writing `--out` is the only write.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import html
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import tyro
+
+from jaxvae import run as run_lib
+from jaxvae.config import Config
+
+REPORT = run_lib.REPORT
+TEMPERATURES = (0.5, 0.8, 1.0)
+PER_ROW = 10  # images per row of every grid
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+# How the summary's keys read on the page; keys not listed are shown as they are.
+SUMMARY_LABELS = {
+    "steps": "steps", "wall_time_s": "wall time (s)", "compile_s": "compile time (s)",
+    "images_per_s": "images/s (median)", "reconstruction_mse": "held-out reconstruction MSE ([0,1] pixels)",
+    "loss": "final train loss", "val_loss": "final valid loss", "reconstruction_loss": "final reconstruction loss",
+    "kl_loss": "final KL (nats)", "x_std": "final mean x sigma", "z_std": "final mean z sigma",
+}
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; }
+.meta { color: #666; } .missing { background: #fff4e0; border-left: 4px solid #e69500; padding: 0.5em 1em; }
+table { border-collapse: collapse; margin: 0.5em 0; } td, th { border: 1px solid #ddd; padding: 0.2em 0.6em; }
+th { background: #f4f4f4; text-align: left; } td.num { font-family: ui-monospace, monospace; text-align: right; }
+td.str { font-family: ui-monospace, monospace; } img { max-width: 100%; height: auto; display: block; }
+table.grid th { background: none; border: none; text-align: right; font-weight: normal; white-space: pre; }
+table.grid td { border: none; padding: 0; }
+"""
+
+
+@dataclasses.dataclass
+class Page:
+    """The page as it is built: sections of HTML, and a line for each thing that is missing."""
+
+    sections: list[str] = dataclasses.field(default_factory=list)
+    missing: list[str] = dataclasses.field(default_factory=list)
+
+    def add(self, title: str, *parts: str) -> None:
+        self.sections.append(f"<section><h2>{html.escape(title)}</h2>\n" + "\n".join(parts) + "\n</section>")
+
+
+# --- small HTML pieces ------------------------------------------------------------------------------
+
+def _p(text: str) -> str:
+    return f"<p>{html.escape(text)}</p>"
+
+
+def _value(v) -> tuple[str, str]:
+    """(css class, escaped text) of one table cell."""
+    if isinstance(v, bool) or v is None:
+        return "str", html.escape(str(v))
+    if isinstance(v, int):
+        return "num", f"{v:,}"
+    if isinstance(v, float):
+        return "num", html.escape(f"{v:.6g}" if math.isfinite(v) else str(v))
+    if isinstance(v, str):
+        return "str", html.escape(v)
+    return "str", html.escape(json.dumps(v))
+
+
+def _table(rows: list[tuple[str, object]], header: tuple[str, str] = ("", "")) -> str:
+    head = f"<tr><th>{html.escape(header[0])}</th><th>{html.escape(header[1])}</th></tr>" if any(header) else ""
+    body = []
+    for key, v in rows:
+        cls, text = _value(v)
+        body.append(f'<tr><th>{html.escape(str(key))}</th><td class="{cls}">{text}</td></tr>')
+    return "<table>" + head + "".join(body) + "</table>"
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+
+
+def _figure(draw, *args, **kwargs) -> bytes:
+    """Call a jaxvae.plots function with an in-memory file in place of its path; return the PNG."""
+    buf = io.BytesIO()
+    draw(*args, buf, **kwargs)
+    return buf.getvalue()
+
+
+def _flatten(obj, prefix: str = "") -> list[tuple[str, object]]:
+    """Nested JSON -> [(dotted key, leaf)]: evaluation files are shown whatever their exact keys."""
+    if isinstance(obj, dict):
+        rows = []
+        for k, v in obj.items():
+            rows += _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+        return rows
+    if isinstance(obj, list) and len(obj) > 8:
+        return [(prefix or "value", f"[{len(obj)} values] " + json.dumps(obj[:8])[:-1] + ", ...]")]
+    return [(prefix or "value", obj)]
+
+
+# --- the sections -------------------------------------------------------------------------------------
+
+def _summary(page: Page, path: Path, config: Config, records: list[dict]) -> None:
+    summary = _read_json(page, path / run_lib.SUMMARY)
+    parts = []
+    if isinstance(summary, dict):
+        rows = [(SUMMARY_LABELS.get(k, k), summary[k]) for k in SUMMARY_LABELS if k in summary]
+        rows += [(k, v) for k, v in sorted(summary.items()) if k not in SUMMARY_LABELS]
+        parts.append(_table(rows))
+    else:
+        page.missing.append(f"no {run_lib.SUMMARY}: training has not finished (or was interrupted)")
+        if records:  # the latest logged metrics are the summary so far
+            last = records[-1]
+            parts += [_p(f"last logged step {last.get('step', '?')} of {config.steps}:"),
+                      _table([(k, v) for k, v in sorted(last.items()) if k != "step"])]
+    page.add("Run summary", *parts or [_p("nothing recorded yet")])
+
+
+def _config(page: Page, config: Config) -> None:
+    page.add("Config (resolved, from config.json)", _table(list(config.to_dict().items()), ("field", "value")))
+
+
+def _curves(page: Page, records: list[dict]) -> None:
+    from jaxvae import plots
+
+    if not records:
+        page.missing.append(f"no {run_lib.METRICS} records yet: no loss curves")
+        return
+    logged = len(records)
+    valid = sum("val_loss" in r for r in records)
+    page.add("Loss curves", _p(f"{logged} logged steps ({valid} with a validation loss), from {run_lib.METRICS}."),
+             _img(_figure(plots.curves, records), "five loss curves: total, reconstruction, KL, x sigma, z sigma"))
+
+
+def _load_model(page: Page, path: Path):
+    """The run's latest checkpoint as a TrainedVAE, or None with a line saying why."""
+    import jaxvae
+
+    ckpt_dir = path / run_lib.CHECKPOINTS
+    if not ckpt_dir.is_dir() or not any(ckpt_dir.iterdir()):
+        reason = f"no checkpoint yet ({run_lib.CHECKPOINTS}/ is empty)"
+    else:
+        try:
+            vae = jaxvae.load(path)
+            return vae, _checkpoint_step(ckpt_dir)
+        except run_lib.RunError as e:  # no complete checkpoint yet: the first save is still being written
+            reason = str(e)
+        except Exception as e:  # a damaged checkpoint must not cost the rest of the page
+            reason = f"the checkpoint could not be read ({type(e).__name__}: {e})"
+    page.missing.append(f"{reason}: no reconstructions, samples, interpolations, KL per dimension or traversals")
+    return None, None
+
+
+def _checkpoint_step(ckpt_dir: Path) -> int | None:
+    """The newest finished checkpoint's step (Orbax names them by step; unfinished ones carry a suffix)."""
+    return max((int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()), default=None)
+
+
+def _load_data(page: Page, config: Config):
+    from jaxvae import data as data_lib
+
+    try:
+        return data_lib.load_dataset(config)
+    except (OSError, ValueError) as e:  # ConfigError is a ValueError: a moved or unknown data source
+        page.missing.append(f"the data {config.data!r} could not be loaded ({e}): "
+                            "no dataset grid, reconstructions, interpolations, KL per dimension or traversals")
+        return None
+
+
+def _data(page: Page, dataset) -> None:
+    from jaxvae import data as data_lib
+
+    train = data_lib.to_model_range(dataset.train[:2 * PER_ROW])
+    page.add("The data", _p(f"{len(dataset.train)} training and {len(dataset.val)} held-out images "
+                            f"from {dataset.source}."),
+             _grid([("train", train[:PER_ROW]), ("", train[PER_ROW:])], "training images"))
+
+
+def _held_out(page: Page, dataset) -> np.ndarray:
+    """The first latents.HELD_OUT held-out images in [-1,1], (N,S,S,C); none without data."""
+    from jaxvae import data as data_lib
+    from jaxvae.latents import HELD_OUT
+
+    if dataset is None:
+        return np.zeros((0,))
+    if len(dataset.val) < 2:
+        page.missing.append(f"{len(dataset.val)} held-out images: no interpolation"
+                            + ("" if len(dataset.val) else ", reconstructions, KL per dimension or traversals"))
+    return data_lib.to_model_range(dataset.val[:HELD_OUT])
+
+
+def _grid(rows: list[tuple[str, np.ndarray]], alt: str) -> str:
+    """Labelled rows of images (each (N,S,S,C) in [-1,1]) as a table: labels in HTML, pixels as PNG."""
+    from jaxvae import plots
+
+    body = "".join(f'<tr><th>{html.escape(label)}</th><td>{_img(plots.png(plots.tile(images)), f"{alt}: {label}")}'
+                   "</td></tr>" for label, images in rows)
+    return f'<table class="grid">{body}</table>'
+
+
+def _pictures(page: Page, config: Config, model, step: int, val: np.ndarray) -> None:
+    """Every section that needs the trained model; val (N,S,S,C) in [-1,1] are held-out images,
+    maybe none. They are encoded in one pass and every latent the page shows is decoded in one
+    pass, so the page costs two compilations."""
+    import jax
+
+    from jaxvae import latents, plots, sample
+
+    # name -> (B,Z) latents to decode; the same draw at every temperature, as sample_prior makes it
+    noise = np.asarray(jax.random.normal(jax.random.key(config.seed + 3), (PER_ROW, config.z_dim)))
+    wanted = {f"T = {t}": np.float32(t) * noise for t in TEMPERATURES}
+    if len(val):
+        mean, log_std = latents.posterior(model, val)
+        stats = latents.LatentStats.of(mean, log_std)
+        top = latents.most_active(stats.kl, min(latents.TOP, config.z_dim))
+        values = np.linspace(-latents.SPAN, latents.SPAN, latents.STEPS)
+        wanted["reconstruction"] = mean[:PER_ROW].astype(np.float32)
+        wanted["traversal"] = latents.traversal_latents(mean[0], top, values).reshape(-1, config.z_dim)
+    if len(val) >= 2:
+        t = np.linspace(0, 1, PER_ROW)
+        wanted["latent lerp"] = sample.lerp(mean[0], mean[1], t)
+        wanted["latent slerp"] = sample.slerp(mean[0], mean[1], t)
+    decoded = latents.decode_mean(model, np.concatenate(list(wanted.values())))
+    ends = np.cumsum([len(z) for z in wanted.values()])
+    out = dict(zip(wanted, np.split(decoded, ends[:-1]), strict=True))
+
+    if len(val):
+        originals, recon = val[:PER_ROW], out["reconstruction"]
+        mse = sample.pixel_mse(originals, recon)
+        page.add("Reconstructions",
+                 _p(f"Held-out images over the decoder mean of their posterior mean, checkpoint step {step}. "
+                    f"MSE of these {len(recon)} in [0,1] pixels: {mse:.5f}."),
+                 _grid([("original", originals), ("reconstruction", recon)], "reconstructions"))
+    page.add("Prior samples", _p("Decoder means of z ~ N(0, T^2 I). Each column scales the same draw, so the rows "
+                                 "show what the temperature does."),
+             _grid([(f"T = {t}", out[f"T = {t}"]) for t in TEMPERATURES], "prior samples"))
+    if len(val) >= 2:
+        page.add("Interpolation", _p("Between held-out images 0 and 1: a pixel cross-fade, then the decoded straight "
+                                     "line (lerp) and great circle (slerp) between their posterior means."),
+                 _grid([("pixel space", sample.interpolate_pixels(val[0], val[1], PER_ROW)),
+                        ("latent lerp", out["latent lerp"]), ("latent slerp", out["latent slerp"])],
+                       "interpolation"))
+    if not len(val):
+        return
+
+    page.add("KL per latent dimension",
+             _p(f"Mean KL(q(z_d|x) || N(0,1)) over {stats.images} held-out images: total {float(stats.kl.sum()):.3f} "
+                f"nats; {stats.active} of {config.z_dim} dimensions active (variance of the posterior mean > "
+                f"{latents.ACTIVE_VARIANCE}). The {len(top)} most active, traversed below, in orange."),
+             _img(_figure(plots.kl_per_dim, stats.kl, highlight=top, mean_variance=stats.mean_variance),
+                  "KL per latent dimension"))
+    traversal = out["traversal"].reshape(len(top), len(values), *val.shape[1:])
+    page.add("Latent traversals",
+             _p(f"The {len(top)} dimensions with the largest mean KL, largest first. Each row sweeps one over "
+                f"z_d = {', '.join(f'{v:+g}' for v in values)} (prior sigmas), left to right, with every other "
+                "dimension held at held-out image 0's posterior mean. `jaxvae traverse RUN --dims ...` draws "
+                "any others."),
+             _grid([(f"z[{d}]  KL {stats.kl[d]:.2f}", row) for d, row in zip(top, traversal, strict=True)],
+                   "latent traversal"))
+
+
+def _evaluation(page: Page, path: Path) -> None:
+    files = sorted(path.glob("evaluation*.json"))
+    if not files:
+        page.missing.append("no evaluation.json: `jaxvae evaluate RUN --out RUN/evaluation.json` writes one")
+        return
+    parts = []
+    for file in files:
+        result = _read_json(page, file)
+        if result is not None:
+            parts += [_p(f"{file.name}:"), _table(_flatten(result), ("metric", "value"))]
+    if parts:
+        page.add("Evaluation", *parts)
+
+
+def _read_json(page: Page, file: Path):
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        page.missing.append(f"{file.name} could not be read ({e})")
+        return None
+
+
+# --- the page --------------------------------------------------------------------------------------------
+
+def build_report(run: str | os.PathLike) -> str:
+    """The HTML text of the report of `run` (RunError if it is not a run). Reads only."""
+    path, config = run_lib.open_run(run)
+    page = Page()
+    records = run_lib.read_metrics(path)
+    _summary(page, path, config, records)
+    _config(page, config)
+    _curves(page, records)
+    dataset = _load_data(page, config)
+    if dataset is not None:
+        _data(page, dataset)
+    vae, step = _load_model(page, path)
+    if vae is not None:
+        _pictures(page, config, vae.model, step, _held_out(page, dataset))
+    _evaluation(page, path)
+
+    meta = _read_json(page, path / run_lib.META) or {}
+    when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    head = (f"<h1>jaxvae run {html.escape(path.name or str(path))}</h1>\n"
+            f'<p class="meta">{html.escape(str(path.absolute()))} &middot; written by jaxvae '
+            f"{html.escape(str(meta.get('jaxvae_version', '?')))} &middot; report generated {html.escape(when)}"
+            + (f" &middot; checkpoint step {step}" if step is not None else "") + "</p>")
+    missing = ""
+    if page.missing:
+        items = "".join(f"<li>{html.escape(m)}</li>" for m in page.missing)
+        missing = f'<div class="missing"><strong>Missing from this run:</strong><ul>{items}</ul></div>'
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>jaxvae report: {html.escape(path.name or str(path))}</title>\n<style>{STYLE}</style></head>\n"
+            f"<body>\n{head}\n{missing}\n" + "\n".join(page.sections) + "\n</body></html>\n")
+
+
+def write_report(run: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Write the report of `run` to `out` (default RUN/report.html) atomically; return its path."""
+    text = build_report(run)
+    out = Path(run) / REPORT if out is None else Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+
+
+# --- `jaxvae report` -------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ReportArgs:
+    """Write a run's self-contained HTML report: config, summary, curves, reconstructions, samples,
+    interpolations, KL per dimension, latent traversals and evaluation results. One file, images
+    inline, no network requests; open it in any browser. Works on partial runs too."""
+
+    run: tyro.conf.Positional[str]
+    """Run directory."""
+    out: Annotated[str | None, tyro.conf.arg(metavar="FILE")] = None
+    """HTML file to write (default: RUN/report.html)."""
+
+
+def run_report(argv: list[str]) -> int:
+    a = tyro.cli(ReportArgs, args=argv, prog="jaxvae report")
+    out = write_report(a.run, a.out)
+    print(f"wrote {out}")
+    return 0
+
