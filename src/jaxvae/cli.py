@@ -13,7 +13,8 @@ from typing import Annotated
 
 import tyro
 
-from jaxvae.config import Config, ConfigError, preset
+from jaxvae.config import Config, ConfigError, expand_decoder_std, preset
+from jaxvae.evaluate import run_evaluate
 
 Positional = tyro.conf.Positional
 
@@ -84,7 +85,7 @@ class InterpolateArgs:
 def run_train(argv: list[str]) -> int:
     from jaxvae.train import train
 
-    name = _preset_name(argv)
+    name, argv = _preset_name(argv), expand_decoder_std(argv)
     args = _parse(TrainArgs, argv, default=TrainArgs(config=preset(name), preset=name), prog="train")
     train(args.config, args.out, overwrite=args.overwrite, quiet=args.quiet)
     return 0
@@ -145,6 +146,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "sample": (run_sample, "decode prior samples of a run into a PNG"),
     "reconstruct": (run_reconstruct, "reconstruct held-out images of a run into a PNG"),
     "interpolate": (run_interpolate, "interpolate between two held-out images into a PNG"),
+    "evaluate": (run_evaluate, "-ELBO, IWAE log p(x), bits/dim, MSE/PSNR/SSIM, active units, KL per dim, MI"),
 }
 
 

@@ -24,6 +24,7 @@ class Dataset:
     train: np.ndarray  # (N, S, S, C) uint8
     val: np.ndarray  # (M, S, S, C) uint8
     source: str
+    kind: str = "images"  # vector data comes as a data.vectors.VectorDataset, kind "vectors"
 
 
 def to_model_range(images: np.ndarray) -> np.ndarray:
@@ -46,6 +47,10 @@ def split(images: np.ndarray, val_fraction: float, seed: int = 0) -> tuple[np.nd
 
 
 def load_dataset(c: Config) -> Dataset:
+    from jaxvae.data import vectors  # (N, D) float arrays: data/vectors.py
+
+    if c.data_dim or vectors.is_vector_source(c.data):
+        return vectors.load_vectors(c)
     if c.data == "shapes":
         images, _ = make_shapes(SHAPES_COUNT, c.image_size, seed=1234, channels=c.channels)
         train, val = split(images, c.val_fraction)

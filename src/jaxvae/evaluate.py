@@ -1,0 +1,473 @@
+"""Measure what a VAE learned: the ELBO, an importance-weighted bound on log p(x), bits/dim,
+reconstruction quality, and whether its latents collapsed.
+
+    result = jaxvae.evaluate(vae, images, iw_samples=1000)   # a JSON-ready dict
+    print(format_table(result))
+
+Per example x, in nats (then the mean and its standard error over the examples):
+  reconstruction_nll  -E_q[log p(x|z)], averaged over the K samples z_k ~ q(z|x)
+  kl                  KL(q(z|x) || N(0, I)), closed form
+  negative_elbo       reconstruction_nll + kl
+  iwae                log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x) (Burda et al. 2016), a lower bound on
+                      log p(x) that rises with K towards it: ELBO <= E[IWAE_K] <= E[IWAE_2K] <= log p(x)
+
+How it is computed: per example, log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x) in float32 and
+a running logsumexp over chunks of the K samples (a lax.scan), so no more than `plan.samples` decodes
+of `plan.examples` examples are ever live at once; `plan_chunks` picks both so that their estimated
+activations fit under `memory_cap_mb`. Example i's noise is drawn from fold_in(key, i) and sample k's
+from fold_in of that, so the result does not depend on the chunking (tests check it).
+
+Collapse diagnostics over the whole set: active units (Burda et al. 2016: dims whose posterior mean
+varies over x, Cov_x(E_q[z_j]) > 0.01), the KL of each latent dim, and I_q(x; z), the mutual
+information between x and z under q (Hoffman & Johnson 2016: E_x KL(q(z|x)||p(z)) = I_q(x; z) +
+KL(q(z)||p(z)), so the KL splits into information about x and a mismatch of the aggregate posterior).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from pathlib import Path
+
+import dm_pix as pix
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tyro
+from flax import nnx
+
+from jaxvae.config import Config, ConfigError
+from jaxvae.distributions import DiagonalGaussian
+
+DEFAULT_MEMORY_CAP_MB = 1024
+ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016
+MI_EXAMPLES = 2000  # I_q(x; z) is O(M^2 Z): estimated on at most this many examples
+MAX_BATCH = 256  # examples per device call, whatever the cap allows
+PSNR_CAP_DB = 100.0  # a perfect reconstruction has infinite PSNR; JSON holds no infinity
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+# --- planning -----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How the (examples x K samples) grid is cut: `examples` x `samples` decodes per device call."""
+
+    examples: int
+    samples: int
+    chunks: int  # ceil(K / samples): chunks of samples per batch of examples
+
+
+def bytes_per_sample(c: Config) -> int:
+    """A generous estimate of the live float32 activations of one decode and its log-likelihood.
+
+    transformer: one block's tokens x width x (q, k, v, out, MLP hidden) plus the attention scores;
+    mlp: a few hidden layers; every arch: the output's mean, scale, residual and log-probabilities.
+    Doubled, because XLA may keep two layers' buffers alive.
+    """
+    d_out = int(np.prod(c.data_shape))
+    if c.arch == "transformer":
+        t, h = c.num_patches, c.hidden
+        acts = t * h * (4 + 2 * c.mlp_ratio) + 2 * c.heads * t * t
+    elif c.arch == "mlp":
+        acts = 4 * c.hidden
+    else:
+        acts = 0
+    return 2 * 4 * (acts + 6 * d_out + 4 * c.z_dim)
+
+
+def plan_chunks(k: int, n: int, sample_bytes: int, cap_bytes: int) -> Plan:
+    """Most decodes per call under the cap: many examples when K is small, one example in K-chunks else."""
+    per_call = max(1, cap_bytes // sample_bytes)
+    if k <= per_call:
+        return Plan(examples=max(1, min(n, per_call // k, MAX_BATCH)), samples=k, chunks=1)
+    chunks = -(-k // per_call)
+    return Plan(examples=1, samples=-(-k // chunks), chunks=chunks)
+
+
+# --- the jitted per-batch computation -----------------------------------------------------------
+
+def _standard_normal_log_prob(z: jax.Array) -> jax.Array:
+    return jnp.sum(-0.5 * _LOG_2PI - 0.5 * jnp.square(z), axis=-1)
+
+
+def _ssim_filter(side: int) -> int:
+    """dm-pix's default 11x11 window, shrunk (odd) for images smaller than that."""
+    return min(11, side if side % 2 else side - 1)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "k", "plan", "dequantize", "images"))
+def _evaluate_batch(graphdef, params, x, idx, key, *, k: int, plan: Plan, dequantize: bool, images: bool):
+    """Every per-example quantity for one batch.
+
+    Args:
+      x: (B, *shape) float32 in the model's range (images [-1, 1], or vectors).
+      idx: (B,) int32 example indices: example i's noise is a function of (key, i) alone.
+      key: the evaluation's key.
+    Returns a dict of (B,) arrays, and (B, Z) ones for kl_per_dim, posterior_mean, posterior_log_std.
+    """
+    model = nnx.merge(graphdef, params)
+    clean = x
+    if dequantize:  # the density the model was trained on: pixel k -> k + u, u ~ U[0, 1)
+        u = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, 1), i), x.shape[1:]))(idx)
+        x = x + u / 127.5
+    q: DiagonalGaussian = model.encode(x)  # (B, Z)
+    b, z_dim = q.mean.shape
+    q_k = DiagonalGaussian(q.mean[:, None], q.log_std[:, None])  # (B, 1, Z), broadcasts over samples
+    example_keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, 0), i))(idx)  # (B,) keys
+    data_axes = tuple(range(2, x.ndim + 1))  # the axes of one example in (B, Kc, *shape)
+
+    def one_chunk(carry, j):
+        lse, ll_sum = carry
+        ks = j * plan.samples + jnp.arange(plan.samples)  # (Kc,) sample numbers
+        draw = lambda ek: jax.vmap(lambda s: jax.random.normal(jax.random.fold_in(ek, s), (z_dim,)))(ks)
+        z = q_k.mean + q_k.std * jax.vmap(draw)(example_keys)  # (B, Kc, Z)
+        p = model.decode(z.reshape(b * plan.samples, z_dim))  # over (B*Kc, *shape)
+        p = jax.tree.map(lambda a: a.reshape(b, plan.samples, *a.shape[1:]), p)
+        ll = jnp.sum(p.log_prob(x[:, None]), axis=data_axes)  # (B, Kc) log p(x|z_k)
+        log_w = ll + _standard_normal_log_prob(z) - jnp.sum(q_k.log_prob(z), axis=-1)
+        valid = ks < k  # the last chunk may run past K
+        lse = jnp.logaddexp(lse, jax.nn.logsumexp(jnp.where(valid, log_w, -jnp.inf), axis=1))
+        return (lse, ll_sum + jnp.sum(jnp.where(valid, ll, 0.0), axis=1)), None
+
+    init = (jnp.full((b,), -jnp.inf, jnp.float32), jnp.zeros((b,), jnp.float32))
+    (lse, ll_sum), _ = jax.lax.scan(one_chunk, init, jnp.arange(plan.chunks))
+    kl_per_dim = q.kl_to_standard_normal()  # (B, Z)
+    out = {
+        "iwae": lse - math.log(k),
+        "reconstruction_nll": -ll_sum / k,
+        "kl": jnp.sum(kl_per_dim, axis=-1),
+        "kl_per_dim": kl_per_dim,
+        "posterior_mean": q.mean,
+        "posterior_log_std": q.log_std,
+    }
+    recon = model.decode(q.mean).mean  # (B, *shape): the decoder's mean at the posterior mean
+    if images:  # quality in [0, 1] pixel space, the reconstruction clipped into it
+        a, r = (clean + 1.0) / 2.0, jnp.clip((recon + 1.0) / 2.0, 0.0, 1.0)
+        out["mse"] = pix.mse(a, r)
+        out["psnr"] = jnp.minimum(pix.psnr(a, r), PSNR_CAP_DB)
+        out["ssim"] = pix.ssim(a, r, filter_size=_ssim_filter(a.shape[1]))
+    else:
+        out["mse"] = jnp.mean(jnp.square(recon - clean).reshape(b, -1), axis=-1)
+    return out
+
+
+@functools.partial(jax.jit, static_argnames=("rows",))
+def _log_aggregate_posterior(z, mean, log_std, start, *, rows: int):
+    """log q(z_i) = logsumexp_j log q(z_i | x_j) - log M for rows i in [start, start + rows).
+
+    z, mean, log_std: (M, Z). Returns (rows,). Live memory: rows x M x Z floats.
+    """
+    zi = jax.lax.dynamic_slice_in_dim(z, start, rows)  # (R, Z)
+    q = DiagonalGaussian(mean[None], log_std[None])  # (1, M, Z)
+    log_q = jnp.sum(q.log_prob(zi[:, None]), axis=-1)  # (R, M)
+    return jax.nn.logsumexp(log_q, axis=1) - math.log(mean.shape[0])
+
+
+def mutual_information(mean: np.ndarray, log_std: np.ndarray, key: jax.Array, cap_bytes: int) -> float:
+    """I_q(x; z) = E_x E_q(z|x)[log q(z|x) - log q(z)] (Hoffman & Johnson 2016), q(z) = mean_j q(z|x_j).
+
+    The first term is minus the posterior's entropy, in closed form; the second a Monte Carlo draw
+    z_i ~ q(z|x_i) per example, against the aggregate posterior of the same M examples (which is
+    why the estimate cannot exceed log M).
+    Args: mean, log_std: (M, Z) posterior parameters. Returns nats.
+    """
+    m, z_dim = mean.shape
+    eps = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (z_dim,)))(jnp.arange(m))
+    z = jnp.asarray(mean) + jnp.exp(jnp.asarray(log_std)) * eps  # (M, Z)
+    rows = int(max(1, min(m, cap_bytes // (3 * 4 * m * z_dim))))
+    padded = -(-m // rows) * rows  # pad so that every slice is `rows` long
+    z_pad = jnp.concatenate([z, jnp.zeros((padded - m, z_dim), z.dtype)])
+    log_qz = np.concatenate([np.asarray(_log_aggregate_posterior(z_pad, mean, log_std, s, rows=rows))
+                             for s in range(0, padded, rows)])[:m]
+    neg_entropy = np.sum(-0.5 * _LOG_2PI - np.asarray(log_std, np.float64) - 0.5, axis=-1)  # (M,)
+    return float(np.mean(neg_entropy - log_qz))
+
+
+# --- the public function ------------------------------------------------------------------------
+
+def _stat(v: np.ndarray) -> dict:
+    v = np.asarray(v, np.float64)
+    se = float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None
+    return {"mean": float(np.mean(v)), "se": se}
+
+
+def _unpack(vae, config: Config | None):
+    """(model, config) from a TrainedVAE (jaxvae.load) or a bare VAE with its config."""
+    if hasattr(vae, "model") and hasattr(vae, "config"):
+        return vae.model, vae.config
+    if config is None:
+        raise ConfigError("evaluate needs the model's config: pass a jaxvae.load() result, or config=")
+    return vae, config
+
+
+def _check_data(data, c: Config) -> tuple[np.ndarray, bool]:
+    """The data as an array of shape (N, *c.data_shape), and whether it is 8-bit images."""
+    if not hasattr(data, "shape") or not hasattr(data, "dtype"):
+        data = np.asarray(data)
+    expect = c.data_shape
+    if data.ndim != 1 + len(expect) or tuple(data.shape[1:]) != expect:
+        what = "vectors" if c.data_dim else "NHWC images"
+        raise ConfigError(f"data has shape {tuple(data.shape)}, but this model takes {what} of shape "
+                          f"(N, {', '.join(map(str, expect))})")
+    if data.shape[0] < 1:
+        raise ConfigError("data holds no examples")
+    eight_bit = data.dtype == np.uint8
+    if not eight_bit and data.dtype.kind != "f":
+        raise ConfigError(f"data has dtype {data.dtype}: give uint8 images or float arrays in the model's range")
+    return data, eight_bit
+
+
+def _bits_per_dim_note(c: Config, binary: bool) -> tuple[bool, str]:
+    if c.likelihood == "bernoulli":
+        if binary:
+            return True, "bernoulli likelihood on binary images: bits per binary pixel"
+        return False, "bernoulli likelihood on non-binary pixels: a cross-entropy, not a likelihood bound"
+    if c.dequantize:
+        return True, "trained and evaluated with uniform dequantization: a bound on the 8-bit NLL"
+    return False, ("model trained without --dequantize: a density at the pixel values, not a bound on "
+                   "the 8-bit likelihood (it can look too good)")
+
+
+def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, seed: int = 0,
+             memory_cap_mb: float = DEFAULT_MEMORY_CAP_MB) -> dict:
+    """Everything `jaxvae evaluate` reports, as a JSON-ready dict.
+
+    Args:
+      vae: a TrainedVAE (jaxvae.load) or a bare jaxvae VAE together with `config`.
+      data: (N, S, S, C) uint8 images (bits/dim is reported only for these), or float arrays in the
+        model's range: (N, S, S, C) images in [-1, 1] or (N, D) vectors as the model was trained on.
+      iw_samples: K, importance samples per example (K = 1: IWAE is the one-sample ELBO).
+      seed: fixes every draw; results do not depend on memory_cap_mb.
+      memory_cap_mb: the estimated activations of one device call stay under this.
+    Returns: statistics {"mean", "se"} in nats per example for negative_elbo, reconstruction_nll,
+      kl, iwae (the bound on log p(x)), iwae_minus_elbo; bits_per_dim(+_elbo) with their flags; mse
+      (and psnr, ssim for images); active_units, latent_activity, kl_per_dim (sorted, with its
+      latent indices), mutual_information; and how it was run (plan, seconds, examples_per_s).
+    """
+    model, c = _unpack(vae, config)
+    data, eight_bit = _check_data(data, c)
+    if not isinstance(iw_samples, int) or iw_samples < 1:
+        raise ConfigError(f"iw_samples must be a positive integer, got {iw_samples!r}")
+    if memory_cap_mb <= 0:
+        raise ConfigError(f"memory_cap_mb must be > 0, got {memory_cap_mb}")
+    n, images = len(data), not c.data_dim
+    cap_bytes = int(memory_cap_mb * 2**20)
+    plan = plan_chunks(iw_samples, n, bytes_per_sample(c), cap_bytes)
+    graphdef, params = nnx.split(model)
+    key = jax.random.key(seed)
+    dequantize = bool(c.dequantize and eight_bit)
+
+    t0 = time.perf_counter()
+    parts: dict[str, list[np.ndarray]] = {}
+    binary = True
+    for lo in range(0, n, plan.examples):
+        rows = np.asarray(data[lo:lo + plan.examples])
+        if eight_bit:
+            binary = binary and bool(np.all((rows == 0) | (rows == 255)))
+            x = rows.astype(np.float32) / 127.5 - 1.0  # == data.to_model_range
+        else:
+            x = rows.astype(np.float32)
+        if not np.all(np.isfinite(x)):
+            raise ConfigError(f"data holds NaN or infinite values (in examples {lo}..{lo + len(x) - 1})")
+        idx = np.arange(lo, lo + len(x), dtype=np.int32)
+        pad = plan.examples - len(x)  # the last batch is padded, so one compilation serves all
+        if pad:
+            x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+            idx = np.concatenate([idx, np.repeat(idx[-1:], pad)])
+        out = _evaluate_batch(graphdef, params, x, idx, key, k=iw_samples, plan=plan,
+                              dequantize=dequantize, images=images)
+        for name, value in jax.device_get(out).items():
+            parts.setdefault(name, []).append(np.asarray(value)[: plan.examples - pad])
+    per = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    seconds = time.perf_counter() - t0
+
+    elbo = per["kl"] + per["reconstruction_nll"]
+    means = per["posterior_mean"].astype(np.float64)
+    activity = means.var(axis=0, ddof=1) if n > 1 else np.zeros(means.shape[1])
+    kl_dim = per["kl_per_dim"].mean(axis=0)
+    order = np.argsort(-kl_dim, kind="stable")
+    pick = np.sort(np.random.default_rng(seed).permutation(n)[:MI_EXAMPLES])
+    mi = mutual_information(per["posterior_mean"][pick], per["posterior_log_std"][pick],
+                            jax.random.fold_in(key, 2), cap_bytes)
+    result = {
+        "examples": n,
+        "dims": int(np.prod(c.data_shape)),
+        "data_kind": "images" if images else "vectors",
+        "iw_samples": iw_samples,
+        "seed": seed,
+        "model": {"arch": c.arch, "likelihood": c.likelihood, "z_dim": c.z_dim, "beta": c.beta,
+                  "dequantize": c.dequantize},
+        "negative_elbo": _stat(elbo),
+        "reconstruction_nll": _stat(per["reconstruction_nll"]),
+        "kl": _stat(per["kl"]),
+        "iwae": _stat(per["iwae"]),
+        "iwae_minus_elbo": _stat(per["iwae"] + elbo),
+        "mse": _stat(per["mse"]),
+        "active_units": int(np.sum(activity > ACTIVE_UNIT_THRESHOLD)),
+        "active_unit_threshold": ACTIVE_UNIT_THRESHOLD,
+        "latent_activity": [float(a) for a in activity],
+        "kl_per_dim": [float(kl_dim[j]) for j in order],
+        "kl_per_dim_index": [int(j) for j in order],
+        "mutual_information": mi,
+        "mutual_information_examples": len(pick),
+        "mutual_information_max": math.log(len(pick)),
+        "marginal_kl": float(np.mean(per["kl"]) - mi),
+        "plan": dataclasses.asdict(plan),
+        "memory_cap_mb": memory_cap_mb,
+        "seconds": seconds,
+        "examples_per_s": n / seconds,
+    }
+    if images:
+        result["psnr"], result["ssim"] = _stat(per["psnr"]), _stat(per["ssim"])
+    result["bits_per_dim"] = result["bits_per_dim_elbo"] = None
+    result["bits_per_dim_valid_bound"], result["bits_per_dim_note"] = False, "only for uint8 images"
+    if eight_bit:
+        d = result["dims"]
+        # Change of variables from [-1, 1] back to 0..255 pixel units: density / 127.5 per dim.
+        offset = d * math.log(127.5) if c.likelihood == "gaussian" else 0.0
+        to_bits = lambda nll: (nll + offset) / (d * math.log(2.0))
+        result["bits_per_dim"] = _stat(to_bits(-per["iwae"]))
+        result["bits_per_dim_elbo"] = _stat(to_bits(elbo))
+        result["bits_per_dim_valid_bound"], result["bits_per_dim_note"] = _bits_per_dim_note(c, binary)
+    return result
+
+
+# --- presentation -------------------------------------------------------------------------------
+
+def format_table(r: dict, title: str = "") -> str:
+    """A readable table of an evaluate() result."""
+    def row(label, stat, fmt=".3f"):
+        if stat is None:
+            return None
+        se = f"± {stat['se']:{fmt}}" if stat["se"] is not None else ""
+        return f"  {label:<30}{stat['mean']:>14{fmt}}  {se}"
+
+    lines = [title] if title else []
+    lines.append(f"{r['examples']} {r['data_kind']} of {r['dims']} dims, K = {r['iw_samples']} importance "
+                 f"samples ({r['seconds']:.1f} s, {r['examples_per_s']:.1f} examples/s)")
+    lines.append(f"  {'':<30}{'mean':>14}  s.e.")
+    lines += [row("-ELBO (nats)", r["negative_elbo"]), row("  reconstruction NLL (nats)", r["reconstruction_nll"]),
+              row("  KL (nats)", r["kl"]), row(f"IWAE_{r['iw_samples']} log p(x) bound (nats)", r["iwae"]),
+              row("IWAE - ELBO (nats)", r["iwae_minus_elbo"])]
+    if r["bits_per_dim"] is not None:
+        flag = "" if r["bits_per_dim_valid_bound"] else "  (not a valid bound, see note)"
+        lines += [row("bits/dim (IWAE)", r["bits_per_dim"], ".4f") + flag,
+                  row("bits/dim (ELBO)", r["bits_per_dim_elbo"], ".4f"), f"    note: {r['bits_per_dim_note']}"]
+    mse_label = "MSE in [0, 1] pixels" if r["data_kind"] == "images" else "MSE (data units)"
+    lines += [row(mse_label, r["mse"], ".5f"), row("PSNR (dB)", r.get("psnr"), ".2f"),
+              row("SSIM", r.get("ssim"), ".4f")]
+    z = len(r["latent_activity"])
+    lines.append(f"  {'active units':<30}{r['active_units']:>14d}  of {z} "
+                 f"(Cov_x E_q[z_j] > {r['active_unit_threshold']})")
+    lines.append(f"  {'mutual information I_q(x;z)':<30}{r['mutual_information']:>14.3f}  nats (at most "
+                 f"log {r['mutual_information_examples']} = {r['mutual_information_max']:.2f})")
+    lines.append(f"  {'KL(q(z)||p(z)), marginal':<30}{r['marginal_kl']:>14.3f}  nats")
+    shown = 16  # the whole list is in the JSON and the chart
+    top = ", ".join(f"z{j} {v:.2f}" for j, v in zip(r["kl_per_dim_index"][:shown], r["kl_per_dim"][:shown],
+                                                    strict=True))
+    more = f", ... ({z - shown} more)" if z > shown else ""
+    lines.append(f"  KL per latent dim, sorted (nats): {top}{more}")
+    return "\n".join(line for line in lines if line is not None)
+
+
+def plot_kl_per_dim(r: dict, path: str | Path) -> None:
+    """A bar chart of the sorted KL per latent dim, active units in a darker colour."""
+    from jaxvae.plots import plt  # matplotlib with the Agg backend, as for every other picture
+
+    kl, index = r["kl_per_dim"], r["kl_per_dim_index"]
+    active = [r["latent_activity"][j] > r["active_unit_threshold"] for j in index]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.25 * len(kl) + 1.5), 3))
+    ax.bar(range(len(kl)), kl, color=["tab:blue" if a else "tab:gray" for a in active])
+    ax.set_xticks(range(len(kl)), [str(j) for j in index], fontsize=7 if len(kl) > 24 else 9)
+    ax.set_xlabel("latent dim (sorted by KL)")
+    ax.set_ylabel("KL (nats)")
+    ax.set_title(f"KL per latent dim: {r['active_units']} of {len(kl)} active (blue)")
+    fig.savefig(Path(path), dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+# --- the command --------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateArgs:
+    """Evaluate a trained run: -ELBO and its terms, the IWAE bound on log p(x), bits/dim, MSE / PSNR /
+    SSIM, active units, KL per latent dim and I_q(x; z). Prints a table; never writes into RUN
+    (JSON only with --out, the KL chart only with --kl-plot or beside --out)."""
+
+    run: tyro.conf.Positional[str]
+    """Run directory."""
+    data: str = ""
+    """Evaluate on every example of this data (any --data source; vectors get the run's standardization)
+    instead of a split of the run's own data."""
+    split: str = "val"
+    """Split of the run's own data when --data is not given: val | train."""
+    iw_samples: int = 100
+    """K, importance samples per example for the IWAE bound (1 gives the ELBO)."""
+    limit: int = 0
+    """Evaluate only the first N examples (0: all)."""
+    seed: int = 0
+    """Seed of every draw (posterior samples, dequantization noise)."""
+    memory_cap_mb: float = DEFAULT_MEMORY_CAP_MB
+    """Upper bound on the estimated activations of one device call, in MiB."""
+    out: str = ""
+    """Write the result as JSON here (and the KL chart beside it as <name>_kl.png)."""
+    kl_plot: str = ""
+    """Write the bar chart of the KL per latent dim to this PNG."""
+
+
+def evaluation_data(vae, a: EvaluateArgs):
+    """The examples a command asks for: uint8 images or standardized float32 vectors."""
+    from jaxvae import data as data_lib
+    from jaxvae.data import vectors
+
+    c = vae.config
+    if a.split not in ("val", "train"):
+        raise ConfigError(f"unknown split {a.split!r}: choose val or train")
+    if a.data and a.split == "train":
+        raise ConfigError("--split picks from the run's own data; with --data every example of it is evaluated")
+    if a.data and c.data_dim:  # new vectors, standardized as the training data was
+        values, _ = vectors.read_vectors(a.data)
+        if values.shape[1] != c.data_dim:
+            raise ConfigError(f"--data {a.data} has D = {values.shape[1]} columns but the run was trained on "
+                              f"D = {c.data_dim}")
+        x = data_lib.load_dataset(c).transform(values)
+    elif a.data:
+        x = data_lib.load_dataset(c.replace(data=a.data, val_fraction=0.0)).train
+    else:
+        ds = data_lib.load_dataset(c)
+        x = ds.val if a.split == "val" else ds.train
+    if len(x) == 0:
+        raise ConfigError(f"the {a.split} split of {c.data} is empty")
+    return x[: a.limit] if a.limit else x
+
+
+def run_evaluate(argv: list[str]) -> int:
+    """`jaxvae evaluate RUN ...`: the CLI entry (registered in cli.COMMANDS)."""
+    import jaxvae
+    from jaxvae import run as run_lib
+
+    a = tyro.cli(EvaluateArgs, args=argv, prog="jaxvae evaluate")
+    if a.limit < 0:
+        raise ConfigError(f"--limit must be >= 0, got {a.limit}")
+    vae = jaxvae.load(a.run)  # only reads the run
+    x = evaluation_data(vae, a)
+    result = evaluate(vae, x, iw_samples=a.iw_samples, seed=a.seed, memory_cap_mb=a.memory_cap_mb)
+    result.update(run=str(a.run), data=a.data or vae.config.data, split="all" if a.data else a.split)
+    kl_plot = a.kl_plot or (str(Path(a.out).with_suffix("")) + "_kl.png" if a.out else "")
+    for path in (a.out, kl_plot):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if kl_plot:
+        plot_kl_per_dim(result, kl_plot)
+        result["kl_plot"] = kl_plot
+    if a.out:
+        run_lib.write_json(Path(a.out), result)
+    print(format_table(result, title=f"jaxvae evaluate {a.run} ({result['split']} of {result['data']})"))
+    if a.out:
+        print(f"wrote {a.out}" + (f" and {kl_plot}" if kl_plot else ""))
+    elif kl_plot:
+        print(f"wrote {kl_plot}")
+    return 0
