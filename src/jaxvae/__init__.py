@@ -6,9 +6,9 @@
     result = jaxvae.evaluate(vae, uint8_images, iw_samples=1000)
 """
 
+from jaxvae import evaluate  # a module you can call: jaxvae.evaluate(vae, data, iw_samples=K)
 from jaxvae.api import TrainedVAE, load
 from jaxvae.config import PRESETS, Config
 from jaxvae.distributions import Bernoulli, DiagonalGaussian
-from jaxvae.evaluate import evaluate  # the function: `jaxvae.evaluate` is no longer the module
 
 __all__ = ["PRESETS", "Bernoulli", "Config", "DiagonalGaussian", "TrainedVAE", "evaluate", "load"]

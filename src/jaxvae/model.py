@@ -162,7 +162,7 @@ class MLPDecoder(nnx.Module):
             h = layer(jax.nn.gelu(h))
         out = h.reshape(z.shape[0], *self.shape[:-1], self.k * self.shape[-1])
         if self.raw_scale is not None:  # [mean | raw] on the last axis, as the other decoders emit
-            out = jnp.concatenate([out, jnp.broadcast_to(self.raw_scale.value, out.shape)], axis=-1)
+            out = jnp.concatenate([out, jnp.broadcast_to(self.raw_scale[...], out.shape)], axis=-1)
         return out
 
 
@@ -195,7 +195,7 @@ class VAE(nnx.Module):
             return Bernoulli(out.astype(jnp.float32), *self.support)
         if self.shared_raw_scale is not None:
             mean = out.astype(jnp.float32)
-            raw = jnp.broadcast_to(self.shared_raw_scale.value, mean.shape)
+            raw = jnp.broadcast_to(self.shared_raw_scale[...], mean.shape)
             return DiagonalGaussian.from_raw(mean, raw, self.decoder_scale)
         if self.fixed_log_std is not None:
             mean = out.astype(jnp.float32)

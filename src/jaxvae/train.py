@@ -27,7 +27,7 @@ from jaxvae import run as run_lib
 from jaxvae.checkpoint import Checkpointer
 from jaxvae.config import Config
 from jaxvae.data import vectors
-from jaxvae.losses import kl_weight, vae_loss
+from jaxvae.losses import dequantize, kl_weight, vae_loss
 from jaxvae.model import build
 
 VAL_IMAGES = 512  # validation loss is measured on (up to) this many fixed held-out images
@@ -59,8 +59,8 @@ def make_train_step(graphdef: nnx.GraphDef, c: Config):
     @functools.partial(jax.jit, donate_argnums=0)
     def train_step(state: dict, x: jax.Array):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), state["step"])
-        if c.dequantize:  # pixel value k becomes k + u, u ~ U[0, 1): 1/127.5 in the model's [-1, 1]
-            x = x + jax.random.uniform(jax.random.fold_in(key, 1), x.shape) / 127.5
+        if c.dequantize:
+            x = dequantize(x, jax.random.fold_in(key, 1))
         beta = kl_weight(state["step"], c.beta, c.kl_warmup_steps)
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], x, key, beta)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
