@@ -37,19 +37,15 @@ class Config:
     flip: bool = False
     """Random horizontal flips on training batches."""
     data_dim: int = 0
-    """Length D of each example of vector data: an (N, D) float array given as --data (.npy, or .csv
-    with a header). Filled in from the data when training starts; 0 means images (image_size, channels)."""
+    """D of vector data (an (N, D) .npy or a .csv with a header as --data), set when training starts; 0: images."""
     standardize: bool = False
-    """Vector data: shift and scale each column to mean 0, std 1 (statistics of the training split)."""
+    """Vector data: scale each column to mean 0, std 1 (with the statistics of the training split)."""
     dequantize: bool = False
-    """8-bit images: add uniform noise u ~ U[0, 1) to each pixel value during training, so that the
-    density the model learns makes its bits/dim a valid bound on the discrete likelihood."""
+    """8-bit images: train on pixel values k + u, u ~ U[0, 1), so that bits/dim bounds the discrete NLL."""
 
     # --- model ------------------------------------------------------------------------------
     arch: str = "transformer"
-    """Encoder and decoder: transformer (the chapter's, images only) | mlp (depth hidden layers of
-    width hidden, GELU) | linear (one affine map each way; with shared sigma this is probabilistic PCA).
-    mlp and linear flatten images, and are the ones for vector data."""
+    """transformer (the chapter's; images) | mlp (depth x hidden, GELU) | linear (affine: pPCA, shared sigma)."""
     patch_size: int = 8
     """Side of the square patches the transformer sees; must divide image_size."""
     hidden: int = 256
@@ -69,15 +65,13 @@ class Config:
     decoder_variance: str = "learned"
     """learned (per-pixel sigma from the decoder) | fixed (the MSE case, sigma = decoder_std)."""
     decoder_std: float = 1.0
-    """The decoder's sigma when decoder_variance is fixed. The train command also takes
-    `--decoder-std per-dim|shared|fixed` as shorthand: per-dim and shared set decoder_variance learned
-    and decoder_scale_sharing; fixed sets decoder_variance fixed and keeps this sigma."""
+    """The decoder's sigma when decoder_variance is fixed (train also takes --decoder-std per-dim|shared|fixed)."""
+    # `--decoder-std per-dim|shared|fixed` (the shorthand, see expand_decoder_std) sets decoder_variance and
+    # decoder_scale_sharing; a number keeps meaning this fixed sigma.
     decoder_scale_sharing: str = "per-dim"
-    """A learned decoder sigma is per-dim (one per output dimension, predicted from z by the transformer
-    and mlp decoders; a free parameter per dimension for linear) or shared (one learned scalar)."""
+    """Learned decoder sigma: per-dim (predicted from z; for linear a free vector) | shared (one scalar)."""
     likelihood: str = "gaussian"
-    """p(x|z): gaussian (DiagonalGaussian with the scale above) | bernoulli (logits, for binary data:
-    pixels at -1/1 for images, 0/1 for vectors)."""
+    """p(x|z): gaussian | bernoulli (logits, for binary data: pixels at -1 or 1, vectors at 0 or 1)."""
     precision: str = "fp32"
     """Matmul compute dtype: fp32 | bf16 (parameters and losses stay fp32)."""
 
@@ -85,10 +79,9 @@ class Config:
     beta: float = 100.0
     """Weight of the KL term (the chapter's 100; 1 is the true ELBO)."""
     kl_warmup_steps: int = 0
-    """KL warm-up: the KL weight ramps linearly from 0 at step 0 to beta at this step (0: no warm-up)."""
+    """KL warm-up: the KL weight ramps linearly from 0 at step 0 to beta at this step (0: none)."""
     free_bits: float = 0.0
-    """Free bits lambda in nats (Kingma et al. 2016): each latent dim's KL is averaged over the batch,
-    then clamped below at lambda, so the objective stops pushing a dim under lambda (0: off)."""
+    """Free bits lambda, nats (Kingma et al. 2016): each dim's batch-mean KL is clamped below at lambda."""
     lr: float = 3e-4
     """Adam learning rate."""
     batch_size: int = 64

@@ -419,8 +419,7 @@ class EvaluateArgs:
     run: tyro.conf.Positional[str]
     """Run directory."""
     data: str = ""
-    """Evaluate on every example of this data (any --data source; vectors get the run's standardization)
-    instead of a split of the run's own data."""
+    """Evaluate every example of this data (any --data source) instead of a split of the run's own data."""
     split: str = "val"
     """Split of the run's own data when --data is not given: val | train."""
     iw_samples: int = 100
