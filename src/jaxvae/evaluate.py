@@ -18,10 +18,8 @@ of `plan.examples` examples are ever live at once; `plan_chunks` picks both so t
 activations fit under `memory_cap_mb`. Example i's noise is drawn from fold_in(key, i) and sample k's
 from fold_in of that, so the result does not depend on the chunking (tests check it).
 
-Collapse diagnostics over the whole set: active units (Burda et al. 2016: dims whose posterior mean
-varies over x, Cov_x(E_q[z_j]) > 0.01), the KL of each latent dim, and I_q(x; z), the mutual
-information between x and z under q (Hoffman & Johnson 2016: E_x KL(q(z|x)||p(z)) = I_q(x; z) +
-KL(q(z)||p(z)), so the KL splits into information about x and a mismatch of the aggregate posterior).
+Over the whole set, the posterior-collapse diagnostics of diagnostics.py: active units, the KL per
+latent dim, and the mutual information I_q(x; z).
 """
 
 from __future__ import annotations
@@ -41,13 +39,12 @@ import numpy as np
 import tyro
 from flax import nnx
 
-from jaxvae import losses
+from jaxvae import diagnostics, losses
 from jaxvae.config import Config, ConfigError
+from jaxvae.diagnostics import plot_kl_per_dim  # re-exported: evaluate()'s result is what it draws
 from jaxvae.distributions import DiagonalGaussian
 
 DEFAULT_MEMORY_CAP_MB = 1024
-ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016
-MI_EXAMPLES = 2000  # I_q(x; z) is O(M^2 Z): estimated on at most this many examples
 MAX_BATCH = 256  # examples per device call, whatever the cap allows
 PSNR_CAP_DB = 100.0  # a perfect reconstruction has infinite PSNR; JSON holds no infinity
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -167,36 +164,6 @@ def _evaluate_batch(graphdef, params, x, idx, key, *, k: int, plan: Plan, dequan
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("rows",))
-def _mutual_information(mean, log_std, key, *, rows: int):
-    m, z_dim = mean.shape
-    z = mean + jnp.exp(log_std) * jax.random.normal(key, (m, z_dim))  # z_i ~ q(z|x_i), (M, Z)
-    chunks = -(-m // rows)
-    z = jnp.pad(z, ((0, chunks * rows - m), (0, 0))).reshape(chunks, rows, z_dim)
-    q = DiagonalGaussian(mean[None], log_std[None])  # (1, M, Z): every example's posterior
-
-    def log_aggregate(zi):  # (R, Z) -> (R,) log sum_j q(z_i | x_j); R x M x Z floats live
-        return jax.nn.logsumexp(jnp.sum(q.log_prob(zi[:, None]), axis=-1), axis=1)
-
-    log_qz = jax.lax.map(log_aggregate, z).reshape(-1)[:m] - math.log(m)  # log q(z_i), (M,)
-    neg_entropy = jnp.sum(-0.5 * _LOG_2PI - log_std - 0.5, axis=-1)  # E_q(z|x) log q(z|x), (M,)
-    return jnp.mean(neg_entropy - log_qz)
-
-
-def mutual_information(mean: np.ndarray, log_std: np.ndarray, key: jax.Array, cap_bytes: int) -> float:
-    """I_q(x; z) = E_x E_q(z|x)[log q(z|x) - log q(z)] (Hoffman & Johnson 2016), q(z) = mean_j q(z|x_j).
-
-    The first term is minus the posterior's entropy, in closed form; the second a Monte Carlo draw
-    z_i ~ q(z|x_i) per example, against the aggregate posterior of the same M examples, so the
-    estimate saturates near log M: with few examples it underestimates a large I_q.
-    Args: mean, log_std: (M, Z) posterior parameters. Returns nats.
-    """
-    m, z_dim = mean.shape
-    rows = int(max(1, min(m, cap_bytes // (3 * 4 * m * z_dim))))
-    return float(_mutual_information(jnp.asarray(mean, jnp.float32), jnp.asarray(log_std, jnp.float32), key,
-                                     rows=rows))
-
-
 # --- the public function ------------------------------------------------------------------------
 
 def _stat(v: np.ndarray) -> dict:
@@ -297,13 +264,6 @@ def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, 
     seconds = time.perf_counter() - t0
 
     elbo = per["kl"] + per["reconstruction_nll"]
-    means = per["posterior_mean"].astype(np.float64)
-    activity = means.var(axis=0, ddof=1) if n > 1 else np.zeros(means.shape[1])
-    kl_dim = per["kl_per_dim"].mean(axis=0)
-    order = np.argsort(-kl_dim, kind="stable")
-    pick = np.sort(np.random.default_rng(seed).permutation(n)[:MI_EXAMPLES])
-    mi = mutual_information(per["posterior_mean"][pick], per["posterior_log_std"][pick],
-                            jax.random.fold_in(key, 2), cap_bytes)
     result = {
         "examples": n,
         "dims": int(np.prod(c.data_shape)),
@@ -319,15 +279,8 @@ def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, 
         "iwae_minus_elbo": _stat(per["iwae"] + elbo),
         "iwae_by_k": {str(kk): _stat(per["iwae_ladder"][:, i]) for i, kk in enumerate(iwae_ladder(iw_samples))},
         "mse": _stat(per["mse"]),
-        "active_units": int(np.sum(activity > ACTIVE_UNIT_THRESHOLD)),
-        "active_unit_threshold": ACTIVE_UNIT_THRESHOLD,
-        "latent_activity": [float(a) for a in activity],
-        "kl_per_dim": [float(kl_dim[j]) for j in order],
-        "kl_per_dim_index": [int(j) for j in order],
-        "mutual_information": mi,
-        "mutual_information_examples": len(pick),
-        "mutual_information_max": math.log(len(pick)),
-        "marginal_kl": float(np.mean(per["kl"]) - mi),
+        **diagnostics.collapse(per["posterior_mean"], per["posterior_log_std"], per["kl_per_dim"],
+                               jax.random.fold_in(key, 2), cap_bytes, seed),
         "plan": dataclasses.asdict(plan),
         "memory_cap_mb": memory_cap_mb,
         "seconds": seconds,
@@ -390,22 +343,6 @@ def format_table(r: dict, title: str = "") -> str:
     more = f", ... ({z - shown} more)" if z > shown else ""
     lines.append(f"  KL per latent dim, sorted (nats): {top}{more}")
     return "\n".join(line for line in lines if line is not None)
-
-
-def plot_kl_per_dim(r: dict, path: str | Path) -> None:
-    """A bar chart of the sorted KL per latent dim, active units in a darker colour."""
-    from jaxvae.plots import plt  # matplotlib with the Agg backend, as for every other picture
-
-    kl, index = r["kl_per_dim"], r["kl_per_dim_index"]
-    active = [r["latent_activity"][j] > r["active_unit_threshold"] for j in index]
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.25 * len(kl) + 1.5), 3))
-    ax.bar(range(len(kl)), kl, color=["tab:blue" if a else "tab:gray" for a in active])
-    ax.set_xticks(range(len(kl)), [str(j) for j in index], fontsize=7 if len(kl) > 24 else 9)
-    ax.set_xlabel("latent dim (sorted by KL)")
-    ax.set_ylabel("KL (nats)")
-    ax.set_title(f"KL per latent dim: {r['active_units']} of {len(kl)} active (blue)")
-    fig.savefig(Path(path), dpi=100, bbox_inches="tight")
-    plt.close(fig)
 
 
 # --- the command --------------------------------------------------------------------------------
