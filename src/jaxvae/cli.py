@@ -13,7 +13,8 @@ from typing import Annotated
 
 import tyro
 
-from jaxvae.config import Config, ConfigError, preset
+from jaxvae.config import Config, ConfigError, expand_decoder_std, preset
+from jaxvae.evaluate import run_evaluate
 
 Positional = tyro.conf.Positional
 
@@ -86,7 +87,7 @@ class InterpolateArgs:
 def run_train(argv: list[str]) -> int:
     from jaxvae.train import train
 
-    name = _preset_name(argv)
+    name, argv = _preset_name(argv), expand_decoder_std(argv)
     args = _parse(TrainArgs, argv, default=TrainArgs(config=preset(name), preset=name), prog="train")
     train(args.config, args.out, overwrite=args.overwrite, quiet=args.quiet, tensorboard=args.tensorboard)
     return 0
@@ -175,6 +176,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "show-data": (run_show_data, "write a grid of dataset images to a PNG"),
     "report": (run_report, "write a run's self-contained HTML report (RUN/report.html)"),
     "traverse": (run_traverse, "latent traversals of the most active (or --dims) dimensions into a PNG"),
+    "evaluate": (run_evaluate, "-ELBO, IWAE log p(x), bits/dim, MSE/PSNR/SSIM, active units, KL per dim, MI"),
 }
 
 

@@ -14,6 +14,9 @@ from typing import Any
 from PIL import ImageColor
 
 SCALE_PARAMETERIZATIONS = ("log_var", "log_std", "softplus")
+ARCHS = ("transformer", "mlp", "linear")
+LIKELIHOODS = ("gaussian", "bernoulli")
+SCALE_SHARINGS = ("per-dim", "shared")
 
 
 class ConfigError(ValueError):
@@ -51,8 +54,16 @@ class Config:
     """Larger images are refused as decompression bombs when a folder is prepared."""
     cache_dir: str = ""
     """Where folders are prepared for training (default $XDG_CACHE_HOME/jaxvae or ~/.cache/jaxvae)."""
+    data_dim: int = 0
+    """D of vector data (an (N, D) .npy or a .csv with a header as --data), set when training starts; 0: images."""
+    standardize: bool = False
+    """Vector data: scale each column to mean 0, std 1 (with the statistics of the training split)."""
+    dequantize: bool = False
+    """8-bit images: train on pixel values k + u, u ~ U[0, 1), so that bits/dim bounds the discrete NLL."""
 
     # --- model ------------------------------------------------------------------------------
+    arch: str = "transformer"
+    """transformer (the chapter's; images) | mlp (depth x hidden, GELU) | linear (affine: pPCA, shared sigma)."""
     patch_size: int = 8
     """Side of the square patches the transformer sees; must divide image_size."""
     hidden: int = 256
@@ -72,13 +83,23 @@ class Config:
     decoder_variance: str = "learned"
     """learned (per-pixel sigma from the decoder) | fixed (the MSE case, sigma = decoder_std)."""
     decoder_std: float = 1.0
-    """The decoder's sigma when decoder_variance is fixed."""
+    """The decoder's sigma when decoder_variance is fixed (train also takes --decoder-std per-dim|shared|fixed)."""
+    # `--decoder-std per-dim|shared|fixed` (the shorthand, see expand_decoder_std) sets decoder_variance and
+    # decoder_scale_sharing; a number keeps meaning this fixed sigma.
+    decoder_scale_sharing: str = "per-dim"
+    """Learned decoder sigma: per-dim (predicted from z; for linear a free vector) | shared (one scalar)."""
+    likelihood: str = "gaussian"
+    """p(x|z): gaussian | bernoulli (logits, for binary data: pixels at -1 or 1, vectors at 0 or 1)."""
     precision: str = "fp32"
     """Matmul compute dtype: fp32 | bf16 (parameters and losses stay fp32)."""
 
     # --- objective and optimisation ---------------------------------------------------------
     beta: float = 100.0
     """Weight of the KL term (the chapter's 100; 1 is the true ELBO)."""
+    kl_warmup_steps: int = 0
+    """KL warm-up: the KL weight ramps linearly from 0 at step 0 to beta at this step (0: none)."""
+    free_bits: float = 0.0
+    """Free bits lambda, nats (Kingma et al. 2016): each dim's batch-mean KL is clamped below at lambda."""
     lr: float = 3e-4
     """Adam learning rate."""
     batch_size: int = 64
@@ -102,6 +123,11 @@ class Config:
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """One example's shape: (data_dim,) for vector data, else (image_size, image_size, channels)."""
+        return (self.data_dim,) if self.data_dim else (self.image_size, self.image_size, self.channels)
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -156,9 +182,24 @@ def validate(c: Config) -> None:
                  "z_dim", "batch_size", "steps", "log_every", "eval_every", "ckpt_every"):
         value = getattr(c, name)
         _check(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
-    _check(c.image_size % c.patch_size == 0,
-           f"patch_size {c.patch_size} does not divide image_size {c.image_size}")
-    _check(c.hidden % c.heads == 0, f"heads {c.heads} does not divide hidden {c.hidden}")
+    _check(c.arch in ARCHS, f"unknown arch {c.arch!r}: choose one of {', '.join(ARCHS)}")
+    if c.arch == "transformer":
+        _check(c.image_size % c.patch_size == 0,
+               f"patch_size {c.patch_size} does not divide image_size {c.image_size}")
+        _check(c.hidden % c.heads == 0, f"heads {c.heads} does not divide hidden {c.hidden}")
+        _check(c.data_dim == 0, "vector data (data_dim > 0) needs --arch mlp or --arch linear, not transformer")
+    _check(isinstance(c.data_dim, int) and c.data_dim >= 0, f"data_dim must be >= 0, got {c.data_dim!r}")
+    _check(c.likelihood in LIKELIHOODS, f"unknown likelihood {c.likelihood!r}: choose gaussian or bernoulli")
+    _check(c.decoder_scale_sharing in SCALE_SHARINGS,
+           f"unknown decoder_scale_sharing {c.decoder_scale_sharing!r}: choose per-dim or shared")
+    _check(isinstance(c.kl_warmup_steps, int) and c.kl_warmup_steps >= 0,
+           f"kl_warmup_steps must be >= 0, got {c.kl_warmup_steps!r}")
+    _check(c.free_bits >= 0, f"free_bits must be >= 0, got {c.free_bits}")
+    _check(not (c.dequantize and c.data_dim), "--dequantize is for 8-bit images, not vector data")
+    _check(not (c.standardize and c.likelihood == "bernoulli"),
+           "--standardize does not go with a bernoulli likelihood, whose data must stay 0/1")
+    _check(not (c.dequantize and c.likelihood == "bernoulli"),
+           "--dequantize is for a gaussian likelihood; a bernoulli likelihood is already discrete")
     for name in ("posterior_scale", "decoder_scale"):
         value = getattr(c, name)
         _check(value in SCALE_PARAMETERIZATIONS,
@@ -183,6 +224,30 @@ TINY = Config(
 )
 
 PRESETS: dict[str, Config] = {"seed": SEED, "tiny": TINY}
+
+
+def expand_decoder_std(argv: list[str]) -> list[str]:
+    """Rewrite the shorthand `--decoder-std per-dim|shared|fixed` into the config's own fields.
+
+    `--decoder-std` stays the fixed sigma when given a number; the words pick the decoder scale:
+    per-dim / shared -> --decoder-variance learned --decoder-scale-sharing per-dim / shared;
+    fixed -> --decoder-variance fixed (sigma from a numeric --decoder-std, default 1).
+    """
+    words = {"per-dim": ["--decoder-variance", "learned", "--decoder-scale-sharing", "per-dim"],
+             "shared": ["--decoder-variance", "learned", "--decoder-scale-sharing", "shared"],
+             "fixed": ["--decoder-variance", "fixed"]}
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        value = arg.split("=", 1)[1] if arg.startswith("--decoder-std=") else (
+            argv[i + 1] if arg == "--decoder-std" and i + 1 < len(argv) else None)
+        if value in words:
+            out += words[value]
+            i += 1 if "=" in arg else 2
+        else:
+            out.append(arg)
+            i += 1
+    return out
 
 
 def preset(name: str) -> Config:

@@ -77,3 +77,49 @@ class DiagonalGaussian:
     def kl_to_standard_normal(self) -> jax.Array:
         """Elementwise KL(N(mean, std^2) || N(0, 1)) = 1/2 (std^2 + mean^2 - 1 - log std^2)."""
         return 0.5 * (self.var + jnp.square(self.mean) - 1.0 - 2.0 * self.log_std)
+
+
+@struct.dataclass
+class Bernoulli:
+    """Independent Bernoullis over two values {low, high}, stored as logits. Elementwise, any shape.
+
+    P(x = high) = sigmoid(logits). The support defaults to {0, 1}; images use {-1, 1}, the two
+    ends of the model's pixel range, so that `.mean` is an image like a Gaussian decoder's mean.
+    Same method names as DiagonalGaussian, so losses, sampling and evaluation take either.
+    """
+
+    logits: jax.Array
+    low: float = struct.field(pytree_node=False, default=0.0)
+    high: float = struct.field(pytree_node=False, default=1.0)
+
+    @property
+    def probs(self) -> jax.Array:
+        return jax.nn.sigmoid(self.logits)
+
+    @property
+    def mean(self) -> jax.Array:
+        return self.low + (self.high - self.low) * self.probs
+
+    @property
+    def var(self) -> jax.Array:
+        p = self.probs
+        return (self.high - self.low) ** 2 * p * (1.0 - p)
+
+    @property
+    def std(self) -> jax.Array:
+        return jnp.sqrt(self.var)
+
+    def sample(self, key: jax.Array, temperature: float = 1.0) -> jax.Array:
+        """A draw in {low, high} (not reparameterizable; temperature divides the logits)."""
+        hit = jax.random.bernoulli(key, jax.nn.sigmoid(self.logits / temperature))
+        return jnp.where(hit, self.high, self.low).astype(jnp.float32)
+
+    def log_prob(self, x: jax.Array) -> jax.Array:
+        """Elementwise log P(x) = t log sigmoid(l) + (1 - t) log sigmoid(-l), t = (x - low)/(high - low).
+
+        From the logits, stably: log sigmoid(l) = -softplus(-l), which neither overflows for large |l|
+        nor rounds sigmoid to 0 or 1. A t between 0 and 1 gives the binary cross-entropy.
+        """
+        t = (x.astype(jnp.float32) - self.low) / (self.high - self.low)
+        logits = self.logits.astype(jnp.float32)
+        return -t * jax.nn.softplus(-logits) - (1.0 - t) * jax.nn.softplus(logits)

@@ -7,6 +7,11 @@ Z latent dims. Images are NHWC in [-1, 1].
            -> blocks -> LayerNorm -> token 0 -> Dense -> mean, raw  (B,Z) each
   decoder: (B,Z) -Dense-> (B,D) tiled to (B,N,D) +pos -> blocks -> LayerNorm
            -> Dense per patch (B,N,P*P*2C) -> unpatchify (B,S,S,2C) -> mean, raw (B,S,S,C) each
+
+`arch` mlp / linear swap both for MLPEncoder / MLPDecoder over flattened examples, which is what
+vector data (B,F) uses; linear is the depth-0 case, one affine map each way. A decoder emits k
+values per output value (`decoder_channels`): a mean and a raw scale, or just a mean (fixed or
+shared sigma) or the logits of a bernoulli likelihood.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from jaxvae.config import Config
-from jaxvae.distributions import DiagonalGaussian
+from jaxvae.distributions import Bernoulli, DiagonalGaussian
 
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
@@ -90,7 +95,7 @@ class Decoder(nnx.Module):
         dtype = DTYPES[c.precision]
         self.c = c
         self.grid = c.image_size // c.patch_size
-        self.learned_scale = c.decoder_variance == "learned"
+        self.learned_scale = decoder_channels(c) == 2
         out_channels = 2 * c.channels if self.learned_scale else c.channels
         self.embed = nnx.Linear(c.z_dim, c.hidden, rngs=rngs)
         self.blocks = nnx.List([Block(c.hidden, c.heads, c.mlp_ratio, dtype, rngs=rngs) for _ in range(c.depth)])
@@ -110,24 +115,88 @@ class Decoder(nnx.Module):
         return out.reshape(b, g * p, g * p, cc)  # (B, S, S, C')
 
 
+def decoder_channels(c: Config) -> int:
+    """k, the values a decoder emits per output value: 2 (mean, raw scale) for a gaussian with a
+    learned per-dim sigma from the network; else 1 (a mean, or a bernoulli's logits)."""
+    per_dim = c.decoder_variance == "learned" and c.decoder_scale_sharing == "per-dim"
+    return 2 if c.likelihood == "gaussian" and per_dim and c.arch != "linear" else 1
+
+
+class MLPEncoder(nnx.Module):
+    """(B, *shape) -flatten-> (B,F) -> depth x [Dense(hidden), GELU] -> Dense -> mean, raw (B,Z) each.
+    arch linear: depth 0, so mean and raw are affine in x."""
+
+    def __init__(self, c: Config, *, rngs: nnx.Rngs):
+        depth = 0 if c.arch == "linear" else c.depth
+        widths = [int(np.prod(c.data_shape))] + [c.hidden] * depth
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:], strict=True)])
+        self.head = nnx.Linear(widths[-1], 2 * c.z_dim, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        h = x.reshape(x.shape[0], -1).astype(jnp.float32)  # (B, F)
+        for layer in self.layers:
+            h = jax.nn.gelu(layer(h))
+        mean, raw = jnp.split(self.head(h), 2, axis=-1)
+        return mean, raw
+
+
+class MLPDecoder(nnx.Module):
+    """(B,Z) -embed-> depth x [Dense(hidden), GELU] -> Dense -> (B, *shape[:-1], k * shape[-1]).
+
+    arch linear: `embed` is the one affine map z -> W z + b, and a learned per-dim sigma is a free
+    parameter per output dimension (independent of z), so the model stays linear-Gaussian."""
+
+    def __init__(self, c: Config, *, rngs: nnx.Rngs):
+        self.shape, self.k = c.data_shape, decoder_channels(c)
+        depth = 0 if c.arch == "linear" else c.depth
+        widths = [c.z_dim] + [c.hidden] * depth + [self.k * int(np.prod(self.shape))]
+        self.embed = nnx.Linear(widths[0], widths[1], rngs=rngs)
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[1:-1], widths[2:], strict=True)])
+        linear_per_dim = (c.arch == "linear" and c.likelihood == "gaussian" and c.decoder_variance == "learned"
+                          and c.decoder_scale_sharing == "per-dim")
+        self.raw_scale = nnx.Param(jnp.zeros(self.shape)) if linear_per_dim else None
+
+    def __call__(self, z: jax.Array) -> jax.Array:
+        h = self.embed(z)
+        for layer in self.layers:
+            h = layer(jax.nn.gelu(h))
+        out = h.reshape(z.shape[0], *self.shape[:-1], self.k * self.shape[-1])
+        if self.raw_scale is not None:  # [mean | raw] on the last axis, as the other decoders emit
+            out = jnp.concatenate([out, jnp.broadcast_to(self.raw_scale[...], out.shape)], axis=-1)
+        return out
+
+
 class VAE(nnx.Module):
-    """encode(x) -> q(z|x) and decode(z) -> p(x|z), both DiagonalGaussian."""
+    """encode(x) -> q(z|x), a DiagonalGaussian; decode(z) -> p(x|z), a DiagonalGaussian or Bernoulli."""
 
     def __init__(self, c: Config, *, rngs: nnx.Rngs):
         self.posterior_scale = c.posterior_scale
         self.decoder_scale = c.decoder_scale
         self.fixed_log_std = None if c.decoder_variance == "learned" else float(np.log(c.decoder_std))
-        self.encoder = Encoder(c, rngs=rngs)
-        self.decoder = Decoder(c, rngs=rngs)
+        self.likelihood = c.likelihood
+        # A bernoulli's two values: the ends of the pixel range for images, 0/1 for vector data.
+        self.support = (0.0, 1.0) if c.data_dim else (-1.0, 1.0)
+        encoder, decoder = (Encoder, Decoder) if c.arch == "transformer" else (MLPEncoder, MLPDecoder)
+        self.encoder = encoder(c, rngs=rngs)
+        self.decoder = decoder(c, rngs=rngs)
+        shared = c.decoder_variance == "learned" and c.decoder_scale_sharing == "shared"
+        # One learned raw scale for every output value (read through decoder_scale like the others).
+        self.shared_raw_scale = nnx.Param(jnp.zeros(())) if shared and c.likelihood == "gaussian" else None
 
     def encode(self, x: jax.Array) -> DiagonalGaussian:
-        """x: (B,S,S,C) in [-1,1] -> q(z|x) with (B,Z) mean and scale."""
+        """x: (B,S,S,C) in [-1,1] or vectors (B,F) -> q(z|x) with (B,Z) mean and scale."""
         mean, raw = self.encoder(x)
         return DiagonalGaussian.from_raw(mean, raw, self.posterior_scale)
 
-    def decode(self, z: jax.Array) -> DiagonalGaussian:
-        """z: (B,Z) -> p(x|z) with (B,S,S,C) mean and scale."""
+    def decode(self, z: jax.Array) -> DiagonalGaussian | Bernoulli:
+        """z: (B,Z) -> p(x|z) over (B,S,S,C) or (B,F)."""
         out = self.decoder(z)
+        if self.likelihood == "bernoulli":
+            return Bernoulli(out.astype(jnp.float32), *self.support)
+        if self.shared_raw_scale is not None:
+            mean = out.astype(jnp.float32)
+            raw = jnp.broadcast_to(self.shared_raw_scale[...], mean.shape)
+            return DiagonalGaussian.from_raw(mean, raw, self.decoder_scale)
         if self.fixed_log_std is not None:
             mean = out.astype(jnp.float32)
             return DiagonalGaussian(mean=mean, log_std=jnp.full_like(mean, self.fixed_log_std))

@@ -27,7 +27,8 @@ from jaxvae import data as data_lib
 from jaxvae import run as run_lib
 from jaxvae.checkpoint import Checkpointer
 from jaxvae.config import Config
-from jaxvae.losses import vae_loss
+from jaxvae.data import vectors
+from jaxvae.losses import dequantize, kl_weight, vae_loss
 from jaxvae.model import build
 from jaxvae.tensorboard import TensorBoard
 
@@ -54,13 +55,16 @@ def make_train_step(graphdef: nnx.GraphDef, c: Config):
     """(state, batch) -> (state, metrics); batch (B,S,S,C) float32 in [-1,1]. State is donated."""
     tx = make_optimizer(c)
 
-    def loss_fn(params, x, key):
-        return vae_loss(nnx.merge(graphdef, params), x, key, c.beta)
+    def loss_fn(params, x, key, beta):
+        return vae_loss(nnx.merge(graphdef, params), x, key, beta, c.free_bits)
 
     @functools.partial(jax.jit, donate_argnums=0)
     def train_step(state: dict, x: jax.Array):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), state["step"])
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], x, key)
+        if c.dequantize:
+            x = dequantize(x, jax.random.fold_in(key, 1))
+        beta = kl_weight(state["step"], c.beta, c.kl_warmup_steps)
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], x, key, beta)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics["grad_norm"] = optax.tree.norm(grads)
@@ -76,19 +80,25 @@ def make_eval_step(graphdef: nnx.GraphDef, c: Config):
 
     @jax.jit
     def eval_step(params, x, key):
-        return vae_loss(nnx.merge(graphdef, params), x, key, c.beta)[1]
+        return vae_loss(nnx.merge(graphdef, params), x, key, c.beta, c.free_bits)[1]
 
     return eval_step
 
 
-def validation_loss(eval_step, params, val: np.ndarray, c: Config) -> float:
-    """Mean loss over a fixed set of held-out images with fixed noise: comparable across steps."""
+def model_input(rows: np.ndarray, kind: str) -> np.ndarray:
+    """uint8 images -> float32 [-1, 1]; vector data (kind "vectors") already is the model's input."""
+    return rows if kind == "vectors" else data_lib.to_model_range(rows)
+
+
+def validation_loss(eval_step, params, val: np.ndarray, c: Config, kind: str = "images") -> float:
+    """Mean loss over a fixed set of held-out images with fixed noise: comparable across steps.
+    It uses the full beta, so a warm-up does not make early values look better."""
     n = min(len(val), VAL_IMAGES)
     bs = min(c.batch_size, n)
     key = jax.random.key(c.seed + 2)
     total, count = 0.0, 0
     for i, lo in enumerate(range(0, n - bs + 1, bs)):
-        x = data_lib.to_model_range(val[lo:lo + bs])
+        x = model_input(val[lo:lo + bs], kind)
         total += float(eval_step(params, x, jax.random.fold_in(key, i))["loss"]) * bs
         count += bs
     return total / count
@@ -102,9 +112,11 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
           tensorboard: bool = False) -> dict:
     """Train a fresh run of config c into `out`; returns the summary (also in summary.json)."""
     t_start = time.perf_counter()
+    c = vectors.resolve_config(c)  # vector data: record D in the config, so the run rebuilds this model
     tb = TensorBoard(tensorboard)  # before anything is written: a missing tensorboardX fails here
     dataset = data_lib.load_dataset(c)
-    batches = data_lib.BatchIterator(dataset.train, c.batch_size, seed=c.seed, flip=c.flip)
+    iterator = vectors.VectorBatches if dataset.kind == "vectors" else data_lib.BatchIterator
+    batches = iterator(dataset.train, c.batch_size, seed=c.seed, flip=c.flip)
     run_dir = run_lib.create(out, c, overwrite)
     tb.open(run_dir)
 
@@ -132,7 +144,7 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
                     rates.append(window_steps * c.batch_size / (now - window_t))
                 record.update(step=done, images_per_s=rates[-1] if rates else 0.0)
                 if is_eval:
-                    record["val_loss"] = validation_loss(eval_step, state["params"], dataset.val, c)
+                    record["val_loss"] = validation_loss(eval_step, state["params"], dataset.val, c, dataset.kind)
                     if not bar.disable:
                         bar.write(f"step {done}: loss {record['loss']:.2f} val_loss {record['val_loss']:.2f}")
                     elif not quiet:
@@ -180,6 +192,12 @@ def finish(run_dir: Path, c: Config, graphdef, params, dataset, last: dict) -> d
     from jaxvae import plots, sample
 
     model = nnx.merge(graphdef, params)
+    keys = ("loss", "reconstruction_loss", "kl_loss", "x_std", "z_std", "val_loss")
+    if dataset.kind == "vectors":  # no pictures of vectors: the curves, and the error in data units
+        plots.curves(run_lib.read_metrics(run_dir), run_dir / "curves.png")
+        x = dataset.val[:VAL_IMAGES]
+        mse = float(np.mean((sample.reconstruct(model, x) - x) ** 2))
+        return {"steps": c.steps, "reconstruction_mse": mse, **{k: last[k] for k in keys if k in last}}
     val = data_lib.to_model_range(dataset.val[:10])
     recon = sample.reconstruct(model, val)
     mse = sample.pixel_mse(val, recon)
@@ -192,7 +210,6 @@ def finish(run_dir: Path, c: Config, graphdef, params, dataset, last: dict) -> d
     latent = sample.interpolate(model, x0, x1, 10, "slerp")
     plots.interpolation(pixel, latent, run_dir / "interpolation.png", method="slerp")
     full_mse = sample.pixel_mse(*_reconstruct_all(model, dataset.val[:VAL_IMAGES]))
-    keys = ("loss", "reconstruction_loss", "kl_loss", "x_std", "z_std", "val_loss")
     return {"steps": c.steps, "reconstruction_mse": full_mse, **{k: last[k] for k in keys if k in last}}
 
 

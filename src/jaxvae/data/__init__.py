@@ -42,6 +42,7 @@ class Dataset:
     train: np.ndarray  # (N, S, S, C) uint8, or Rows of a memmap
     val: np.ndarray  # (M, S, S, C) uint8, or Rows of a memmap
     source: str
+    kind: str = "images"  # vector data comes as a data.vectors.VectorDataset, kind "vectors"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +137,10 @@ def load_images(spec: str, o: DataOptions, *, quiet: bool = False) -> np.ndarray
 
 def load_dataset(c: Config) -> Dataset:
     """Train and validation images for a config: `val_data` when given, else a val_fraction split."""
+    from jaxvae.data import vectors  # (N, D) float arrays: data/vectors.py
+
+    if c.data_dim or vectors.is_vector_source(c.data):
+        return vectors.load_vectors(c)
     o = DataOptions.from_config(c)
     images = load_images(c.data, o)
     if c.val_data:

@@ -1,0 +1,448 @@
+"""Measure what a VAE learned: the ELBO, an importance-weighted bound on log p(x), bits/dim,
+reconstruction quality, and whether its latents collapsed.
+
+    result = jaxvae.evaluate(vae, images, iw_samples=1000)   # a JSON-ready dict
+    print(format_table(result))
+
+Per example x, in nats (then the mean and its standard error over the examples):
+  reconstruction_nll  -E_q[log p(x|z)], averaged over the K samples z_k ~ q(z|x)
+  kl                  KL(q(z|x) || N(0, I)), closed form
+  negative_elbo       reconstruction_nll + kl
+  iwae                log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x) (Burda et al. 2016), a lower bound on
+                      log p(x) that rises with K towards it: ELBO <= E[IWAE_K] <= E[IWAE_2K] <= log p(x)
+  iwae_by_k           the same bound from the first 1, 10, 100, ... of the K samples (free: one pass)
+
+How it is computed: per example, log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x) in float32 and
+a running logsumexp over chunks of the K samples (a lax.scan), so no more than `plan.samples` decodes
+of `plan.examples` examples are ever live at once; `plan_chunks` picks both so that their estimated
+activations fit under `memory_cap_mb`. Example i's noise is drawn from fold_in(key, i) and sample k's
+from fold_in of that, so the result does not depend on the chunking (tests check it).
+
+Over the whole set, the posterior-collapse diagnostics of diagnostics.py: active units, the KL per
+latent dim, and the mutual information I_q(x; z).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import sys
+import time
+import types
+from pathlib import Path
+
+import dm_pix as pix
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tyro
+from flax import nnx
+
+from jaxvae import diagnostics, losses
+from jaxvae.config import Config, ConfigError
+from jaxvae.diagnostics import plot_kl_per_dim  # re-exported: evaluate()'s result is what it draws
+from jaxvae.distributions import DiagonalGaussian
+
+DEFAULT_MEMORY_CAP_MB = 1024
+# On a CPU a device call also stays under this (estimated) working set, so that it fits in cache:
+# measured on the 2-core CPU, tiny preset, K = 1000: 4.3 images/s at 32 decodes per call (25 MiB),
+# 3.3 at 63, 1.9 at 250 and 0.9 at 1000. Accelerators want large calls and get the cap alone.
+CPU_CALL_MB = 32
+MAX_BATCH = 256  # examples per device call, whatever the cap allows
+PSNR_CAP_DB = 100.0  # a perfect reconstruction has infinite PSNR; JSON holds no infinity
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+# --- planning -----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How the (examples x K samples) grid is cut: `examples` x `samples` decodes per device call."""
+
+    examples: int
+    samples: int
+    chunks: int  # ceil(K / samples): chunks of samples per batch of examples
+
+
+def bytes_per_sample(c: Config) -> int:
+    """A generous estimate of the live float32 activations of one decode and its log-likelihood.
+
+    transformer: one block's tokens x width x (q, k, v, out, MLP hidden) plus the attention scores;
+    mlp: a few hidden layers; every arch: the output's mean, scale, residual and log-probabilities.
+    Doubled, because XLA may keep two layers' buffers alive. Against XLA's own memory analysis of
+    the compiled step (CPU, 1000 decodes): tiny preset 416 MiB of temporaries for 766 estimated; a
+    2 x 256 MLP on 32x32x3 images 47 for 149. Parameters and the encoder pass come on top.
+    """
+    d_out = int(np.prod(c.data_shape))
+    if c.arch == "transformer":
+        t, h = c.num_patches, c.hidden
+        acts = t * h * (4 + 2 * c.mlp_ratio) + 2 * c.heads * t * t
+    elif c.arch == "mlp":
+        acts = 4 * c.hidden
+    else:
+        acts = 0
+    return 2 * 4 * (acts + 6 * d_out + 4 * c.z_dim)
+
+
+def plan_chunks(k: int, n: int, sample_bytes: int, cap_bytes: int) -> Plan:
+    """Most decodes per call under the cap: many examples when K is small, one example in K-chunks else."""
+    per_call = max(1, cap_bytes // sample_bytes)
+    if k <= per_call:
+        return Plan(examples=max(1, min(n, per_call // k, MAX_BATCH)), samples=k, chunks=1)
+    chunks = -(-k // per_call)
+    return Plan(examples=1, samples=-(-k // chunks), chunks=chunks)
+
+
+# --- the jitted per-batch computation -----------------------------------------------------------
+
+def iwae_ladder(k: int) -> tuple[int, ...]:
+    """The sample counts at which IWAE is also reported: 1, 10, 100, ... below K, then K itself.
+    The first K' of the K samples give IWAE_K', so one pass shows the bound rising with K."""
+    return tuple(10**i for i in range(len(str(k))) if 10**i < k) + (k,)
+
+
+def _standard_normal_log_prob(z: jax.Array) -> jax.Array:
+    return jnp.sum(-0.5 * _LOG_2PI - 0.5 * jnp.square(z), axis=-1)
+
+
+def _ssim_filter(side: int) -> int:
+    """dm-pix's default 11x11 window, shrunk (odd) for images smaller than that."""
+    return min(11, side if side % 2 else side - 1)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "k", "plan", "dequantize", "images"))
+def _evaluate_batch(graphdef, params, x, idx, key, *, k: int, plan: Plan, dequantize: bool, images: bool):
+    """Every per-example quantity for one batch.
+
+    Args:
+      x: (B, *shape) float32 in the model's range (images [-1, 1], or vectors).
+      idx: (B,) int32 example indices: example i's noise is a function of (key, i) alone.
+      key: the evaluation's key.
+    Returns a dict of (B,) arrays, and (B, Z) ones for kl_per_dim, posterior_mean, posterior_log_std.
+    """
+    model = nnx.merge(graphdef, params)
+    clean = x
+    if dequantize:  # the density the model was trained on: pixel k -> k + u, u ~ U[0, 1)
+        x = jax.vmap(lambda xi, i: losses.dequantize(xi, jax.random.fold_in(jax.random.fold_in(key, 1), i)))(x, idx)
+    q: DiagonalGaussian = model.encode(x)  # (B, Z)
+    b, z_dim = q.mean.shape
+    q_k = DiagonalGaussian(q.mean[:, None], q.log_std[:, None])  # (B, 1, Z), broadcasts over samples
+    example_keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, 0), i))(idx)  # (B,) keys
+    data_axes = tuple(range(2, x.ndim + 1))  # the axes of one example in (B, Kc, *shape)
+
+    ladder = iwae_ladder(k)  # K' = 1, 10, 100, ... < K, and K: sample k < K' feeds IWAE_K'
+
+    def one_chunk(carry, j):
+        lse, ll_sum = carry  # (L, B) running logsumexp per rung, (B,) sum of log p(x|z_k)
+        ks = j * plan.samples + jnp.arange(plan.samples)  # (Kc,) sample numbers
+        draw = lambda ek: jax.vmap(lambda s: jax.random.normal(jax.random.fold_in(ek, s), (z_dim,)))(ks)
+        z = q_k.mean + q_k.std * jax.vmap(draw)(example_keys)  # (B, Kc, Z)
+        p = model.decode(z.reshape(b * plan.samples, z_dim))  # over (B*Kc, *shape)
+        p = jax.tree.map(lambda a: a.reshape(b, plan.samples, *a.shape[1:]), p)
+        ll = jnp.sum(p.log_prob(x[:, None]), axis=data_axes)  # (B, Kc) log p(x|z_k)
+        log_w = ll + _standard_normal_log_prob(z) - jnp.sum(q_k.log_prob(z), axis=-1)
+        rungs = jnp.asarray(ladder)[:, None, None]  # (L, 1, 1)
+        masked = jnp.where(ks[None, None] < rungs, log_w[None], -jnp.inf)  # (L, B, Kc); the last rung is K
+        lse = jnp.logaddexp(lse, jax.nn.logsumexp(masked, axis=2))
+        return (lse, ll_sum + jnp.sum(jnp.where(ks < k, ll, 0.0), axis=1)), None
+
+    init = (jnp.full((len(ladder), b), -jnp.inf, jnp.float32), jnp.zeros((b,), jnp.float32))
+    (lse, ll_sum), _ = jax.lax.scan(one_chunk, init, jnp.arange(plan.chunks))
+    kl_per_dim = q.kl_to_standard_normal()  # (B, Z)
+    out = {
+        "iwae": lse[-1] - math.log(k),
+        "iwae_ladder": (lse - jnp.log(jnp.asarray(ladder, jnp.float32))[:, None]).T,  # (B, L)
+        "reconstruction_nll": -ll_sum / k,
+        "kl": jnp.sum(kl_per_dim, axis=-1),
+        "kl_per_dim": kl_per_dim,
+        "posterior_mean": q.mean,
+        "posterior_log_std": q.log_std,
+    }
+    recon = model.decode(q.mean).mean  # (B, *shape): the decoder's mean at the posterior mean
+    if images:  # quality in [0, 1] pixel space, the reconstruction clipped into it
+        a, r = (clean + 1.0) / 2.0, jnp.clip((recon + 1.0) / 2.0, 0.0, 1.0)
+        out["mse"] = pix.mse(a, r)
+        out["psnr"] = jnp.minimum(pix.psnr(a, r), PSNR_CAP_DB)
+        out["ssim"] = pix.ssim(a, r, filter_size=_ssim_filter(a.shape[1]))
+    else:
+        out["mse"] = jnp.mean(jnp.square(recon - clean).reshape(b, -1), axis=-1)
+    return out
+
+
+# --- the public function ------------------------------------------------------------------------
+
+def _stat(v: np.ndarray) -> dict:
+    v = np.asarray(v, np.float64)
+    se = float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None
+    return {"mean": float(np.mean(v)), "se": se}
+
+
+def _unpack(vae, config: Config | None):
+    """(model, config) from a TrainedVAE (jaxvae.load) or a bare VAE with its config."""
+    if hasattr(vae, "model") and hasattr(vae, "config"):
+        return vae.model, vae.config
+    if config is None:
+        raise ConfigError("evaluate needs the model's config: pass a jaxvae.load() result, or config=")
+    return vae, config
+
+
+def _check_data(data, c: Config) -> tuple[np.ndarray, bool]:
+    """The data as an array of shape (N, *c.data_shape), and whether it is 8-bit images."""
+    if not hasattr(data, "shape") or not hasattr(data, "dtype"):
+        data = np.asarray(data)
+    expect = c.data_shape
+    if data.ndim != 1 + len(expect) or tuple(data.shape[1:]) != expect:
+        what = "vectors" if c.data_dim else "NHWC images"
+        raise ConfigError(f"data has shape {tuple(data.shape)}, but this model takes {what} of shape "
+                          f"(N, {', '.join(map(str, expect))})")
+    if data.shape[0] < 1:
+        raise ConfigError("data holds no examples")
+    eight_bit = data.dtype == np.uint8
+    if not eight_bit and data.dtype.kind != "f":
+        raise ConfigError(f"data has dtype {data.dtype}: give uint8 images or float arrays in the model's range")
+    return data, eight_bit
+
+
+def _bits_per_dim_note(c: Config, binary: bool) -> tuple[bool, str]:
+    if c.likelihood == "bernoulli":
+        if binary:
+            return True, "bernoulli likelihood on binary images: bits per binary pixel"
+        return False, "bernoulli likelihood on non-binary pixels: a cross-entropy, not a likelihood bound"
+    if c.dequantize:
+        return True, "trained and evaluated with uniform dequantization: a bound on the 8-bit NLL"
+    return False, ("model trained without --dequantize: a density at the pixel values, not a bound on "
+                   "the 8-bit likelihood (it can look too good)")
+
+
+def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, seed: int = 0,
+             memory_cap_mb: float = DEFAULT_MEMORY_CAP_MB, per_example: bool = False) -> dict:
+    """Everything `jaxvae evaluate` reports, as a JSON-ready dict.
+
+    Args:
+      vae: a TrainedVAE (jaxvae.load) or a bare jaxvae VAE together with `config`.
+      data: (N, S, S, C) uint8 images (bits/dim is reported only for these), or float arrays in the
+        model's range: (N, S, S, C) images in [-1, 1] or (N, D) vectors as the model was trained on.
+      iw_samples: K, importance samples per example (K = 1: IWAE is the one-sample ELBO).
+      seed: fixes every draw; results do not depend on memory_cap_mb.
+      memory_cap_mb: the estimated activations of one device call stay under this (and, on a CPU,
+        under CPU_CALL_MB too, which is faster).
+      per_example: also return the (N,) values behind the means under "per_example".
+    Returns: statistics {"mean", "se"} in nats per example for negative_elbo, reconstruction_nll,
+      kl, iwae (the bound on log p(x)), iwae_minus_elbo; bits_per_dim(+_elbo) with their flags; mse
+      (and psnr, ssim for images); active_units, latent_activity, kl_per_dim (sorted, with its
+      latent indices), mutual_information; and how it was run (plan, seconds, examples_per_s).
+    """
+    model, c = _unpack(vae, config)
+    data, eight_bit = _check_data(data, c)
+    if not isinstance(iw_samples, int) or iw_samples < 1:
+        raise ConfigError(f"iw_samples must be a positive integer, got {iw_samples!r}")
+    if memory_cap_mb <= 0:
+        raise ConfigError(f"memory_cap_mb must be > 0, got {memory_cap_mb}")
+    n, images = len(data), not c.data_dim
+    cap_bytes = int(memory_cap_mb * 2**20)
+    call_bytes = min(cap_bytes, CPU_CALL_MB * 2**20) if jax.default_backend() == "cpu" else cap_bytes
+    plan = plan_chunks(iw_samples, n, bytes_per_sample(c), call_bytes)
+    graphdef, params = nnx.split(model)
+    key = jax.random.key(seed)
+    dequantize = bool(c.dequantize and eight_bit)
+
+    t0 = time.perf_counter()
+    parts: dict[str, list[np.ndarray]] = {}
+    binary = True
+    for lo in range(0, n, plan.examples):
+        rows = np.asarray(data[lo:lo + plan.examples])
+        if eight_bit:
+            binary = binary and bool(np.all((rows == 0) | (rows == 255)))
+            x = rows.astype(np.float32) / 127.5 - 1.0  # == data.to_model_range
+        else:
+            x = rows.astype(np.float32)
+        if not np.all(np.isfinite(x)):
+            raise ConfigError(f"data holds NaN or infinite values (in examples {lo}..{lo + len(x) - 1})")
+        idx = np.arange(lo, lo + len(x), dtype=np.int32)
+        pad = plan.examples - len(x)  # the last batch is padded, so one compilation serves all
+        if pad:
+            x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+            idx = np.concatenate([idx, np.repeat(idx[-1:], pad)])
+        out = _evaluate_batch(graphdef, params, x, idx, key, k=iw_samples, plan=plan,
+                              dequantize=dequantize, images=images)
+        for name, value in jax.device_get(out).items():
+            parts.setdefault(name, []).append(np.asarray(value)[: plan.examples - pad])
+    per = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    seconds = time.perf_counter() - t0
+
+    elbo = per["kl"] + per["reconstruction_nll"]
+    result = {
+        "examples": n,
+        "dims": int(np.prod(c.data_shape)),
+        "data_kind": "images" if images else "vectors",
+        "iw_samples": iw_samples,
+        "seed": seed,
+        "model": {"arch": c.arch, "likelihood": c.likelihood, "z_dim": c.z_dim, "beta": c.beta,
+                  "dequantize": c.dequantize, "standardize": c.standardize},
+        "negative_elbo": _stat(elbo),
+        "reconstruction_nll": _stat(per["reconstruction_nll"]),
+        "kl": _stat(per["kl"]),
+        "iwae": _stat(per["iwae"]),
+        "iwae_minus_elbo": _stat(per["iwae"] + elbo),
+        "iwae_by_k": {str(kk): _stat(per["iwae_ladder"][:, i]) for i, kk in enumerate(iwae_ladder(iw_samples))},
+        "mse": _stat(per["mse"]),
+        **diagnostics.collapse(per["posterior_mean"], per["posterior_log_std"], per["kl_per_dim"],
+                               jax.random.fold_in(key, 2), cap_bytes, seed),
+        "plan": dataclasses.asdict(plan),
+        "memory_cap_mb": memory_cap_mb,
+        "seconds": seconds,
+        "examples_per_s": n / seconds,
+    }
+    if images:
+        result["psnr"], result["ssim"] = _stat(per["psnr"]), _stat(per["ssim"])
+    if per_example:
+        keep = ("iwae", "reconstruction_nll", "kl", "mse", "psnr", "ssim")
+        result["per_example"] = {k: per[k].astype(float).tolist() for k in keep if k in per}
+        result["per_example"]["negative_elbo"] = elbo.astype(float).tolist()
+        result["per_example"]["iwae_by_k"] = {str(kk): per["iwae_ladder"][:, i].astype(float).tolist()
+                                              for i, kk in enumerate(iwae_ladder(iw_samples))}
+    result["bits_per_dim"] = result["bits_per_dim_elbo"] = None
+    result["bits_per_dim_valid_bound"], result["bits_per_dim_note"] = False, "only for uint8 images"
+    if eight_bit:
+        d = result["dims"]
+        # Change of variables from [-1, 1] back to 0..255 pixel units: density / 127.5 per dim.
+        offset = d * math.log(127.5) if c.likelihood == "gaussian" else 0.0
+        to_bits = lambda nll: (nll + offset) / (d * math.log(2.0))
+        result["bits_per_dim"] = _stat(to_bits(-per["iwae"]))
+        result["bits_per_dim_elbo"] = _stat(to_bits(elbo))
+        result["bits_per_dim_valid_bound"], result["bits_per_dim_note"] = _bits_per_dim_note(c, binary)
+    return result
+
+
+# --- presentation -------------------------------------------------------------------------------
+
+def format_table(r: dict, title: str = "") -> str:
+    """A readable table of an evaluate() result."""
+    def row(label, stat, fmt=".3f"):
+        if stat is None:
+            return None
+        se = f"± {stat['se']:{fmt}}" if stat["se"] is not None else ""
+        return f"  {label:<30}{stat['mean']:>14{fmt}}  {se}"
+
+    lines = [title] if title else []
+    lines.append(f"{r['examples']} {r['data_kind']} of {r['dims']} dims, K = {r['iw_samples']} importance "
+                 f"samples ({r['seconds']:.1f} s, {r['examples_per_s']:.1f} examples/s)")
+    lines.append(f"  {'':<30}{'mean':>14}  s.e.")
+    lines += [row("-ELBO (nats)", r["negative_elbo"]), row("  reconstruction NLL (nats)", r["reconstruction_nll"]),
+              row("  KL (nats)", r["kl"]), row(f"IWAE_{r['iw_samples']} log p(x) bound (nats)", r["iwae"]),
+              row("IWAE - ELBO (nats)", r["iwae_minus_elbo"])]
+    if r["bits_per_dim"] is not None:
+        flag = "" if r["bits_per_dim_valid_bound"] else "  (not a valid bound, see note)"
+        lines += [row("bits/dim (IWAE)", r["bits_per_dim"], ".4f") + flag,
+                  row("bits/dim (ELBO)", r["bits_per_dim_elbo"], ".4f"), f"    note: {r['bits_per_dim_note']}"]
+    mse_label = ("MSE in [0, 1] pixels" if r["data_kind"] == "images" else
+                 "MSE (standardized units)" if r["model"]["standardize"] else "MSE (data units)")
+    lines += [row(mse_label, r["mse"], ".5f"), row("PSNR (dB)", r.get("psnr"), ".2f"),
+              row("SSIM", r.get("ssim"), ".4f")]
+    z = len(r["latent_activity"])
+    lines.append(f"  {'active units':<30}{r['active_units']:>14d}  of {z} "
+                 f"(Cov_x E_q[z_j] > {r['active_unit_threshold']})")
+    lines.append(f"  {'mutual information I_q(x;z)':<30}{r['mutual_information']:>14.3f}  nats (at most "
+                 f"log {r['mutual_information_examples']} = {r['mutual_information_max']:.2f})")
+    lines.append(f"  {'KL(q(z)||p(z)), marginal':<30}{r['marginal_kl']:>14.3f}  nats")
+    shown = 16  # the whole list is in the JSON and the chart
+    top = ", ".join(f"z{j} {v:.2f}" for j, v in zip(r["kl_per_dim_index"][:shown], r["kl_per_dim"][:shown],
+                                                    strict=True))
+    more = f", ... ({z - shown} more)" if z > shown else ""
+    lines.append(f"  KL per latent dim, sorted (nats): {top}{more}")
+    return "\n".join(line for line in lines if line is not None)
+
+
+# --- the command --------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateArgs:
+    """Evaluate a trained run: -ELBO and its terms, the IWAE bound on log p(x), bits/dim, MSE / PSNR /
+    SSIM, active units, KL per latent dim and I_q(x; z). Prints a table; never writes into RUN
+    (JSON only with --out, the KL chart only with --kl-plot or beside --out)."""
+
+    run: tyro.conf.Positional[str]
+    """Run directory."""
+    data: str = ""
+    """Evaluate every example of this data (any --data source) instead of a split of the run's own data."""
+    split: str = "val"
+    """Split of the run's own data when --data is not given: val | train."""
+    iw_samples: int = 100
+    """K, importance samples per example for the IWAE bound (1 gives the ELBO)."""
+    limit: int = 0
+    """Evaluate only the first N examples (0: all)."""
+    seed: int = 0
+    """Seed of every draw (posterior samples, dequantization noise)."""
+    memory_cap_mb: float = DEFAULT_MEMORY_CAP_MB
+    """Upper bound on the estimated activations of one device call, in MiB."""
+    out: str = ""
+    """Write the result as JSON here (and the KL chart beside it as <name>_kl.png)."""
+    kl_plot: str = ""
+    """Write the bar chart of the KL per latent dim to this PNG."""
+
+
+def evaluation_data(vae, a: EvaluateArgs):
+    """The examples a command asks for: uint8 images or standardized float32 vectors."""
+    from jaxvae import data as data_lib
+    from jaxvae.data import vectors
+
+    c = vae.config
+    if a.split not in ("val", "train"):
+        raise ConfigError(f"unknown split {a.split!r}: choose val or train")
+    if a.data and a.split == "train":
+        raise ConfigError("--split picks from the run's own data; with --data every example of it is evaluated")
+    if a.data and c.data_dim:  # new vectors, standardized as the training data was
+        values, _ = vectors.read_vectors(a.data)
+        if values.shape[1] != c.data_dim:
+            raise ConfigError(f"--data {a.data} has D = {values.shape[1]} columns but the run was trained on "
+                              f"D = {c.data_dim}")
+        x = data_lib.load_dataset(c).transform(values)
+    elif a.data:
+        x = data_lib.load_dataset(c.replace(data=a.data, val_fraction=0.0)).train
+    else:
+        ds = data_lib.load_dataset(c)
+        x = ds.val if a.split == "val" else ds.train
+    if len(x) == 0:
+        raise ConfigError(f"the {a.split} split of {c.data} is empty")
+    return x[: a.limit] if a.limit else x
+
+
+def run_evaluate(argv: list[str]) -> int:
+    """`jaxvae evaluate RUN ...`: the CLI entry (registered in cli.COMMANDS)."""
+    import jaxvae
+    from jaxvae import run as run_lib
+
+    a = tyro.cli(EvaluateArgs, args=argv, prog="jaxvae evaluate")
+    if a.limit < 0:
+        raise ConfigError(f"--limit must be >= 0, got {a.limit}")
+    vae = jaxvae.load(a.run)  # only reads the run
+    x = evaluation_data(vae, a)
+    result = evaluate(vae, x, iw_samples=a.iw_samples, seed=a.seed, memory_cap_mb=a.memory_cap_mb)
+    result.update(run=str(a.run), data=a.data or vae.config.data, split="all" if a.data else a.split)
+    kl_plot = a.kl_plot or (str(Path(a.out).with_suffix("")) + "_kl.png" if a.out else "")
+    for path in (a.out, kl_plot):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if kl_plot:
+        plot_kl_per_dim(result, kl_plot)
+        result["kl_plot"] = kl_plot
+    if a.out:
+        run_lib.write_json(Path(a.out), result)
+    print(format_table(result, title=f"jaxvae evaluate {a.run} ({result['split']} of {result['data']})"))
+    if a.out:
+        print(f"wrote {a.out}" + (f" and {kl_plot}" if kl_plot else ""))
+    elif kl_plot:
+        print(f"wrote {kl_plot}")
+    return 0
+
+
+class _CallableModule(types.ModuleType):
+    """Lets `jaxvae.evaluate(vae, data, iw_samples=K)` call `evaluate` while `jaxvae.evaluate` stays this
+    module (so `import jaxvae.evaluate` and `jaxvae.evaluate.format_table` keep working)."""
+
+    def __call__(self, *args, **kwargs) -> dict:
+        return evaluate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
