@@ -67,18 +67,21 @@ def final_digest(run: Path, steps: int) -> dict:
 def kill_at_random(proc: subprocess.Popen, run: Path, target: int, rng: random.Random) -> str:
     """SIGKILL proc once its log reaches `target` (0: during start-up), plus a random delay."""
     if target == 0:
-        deadline = time.monotonic() + rng.uniform(0.5, 6.0)
+        delay = rng.uniform(0.5, 6.0)
+        deadline = time.monotonic() + delay
         while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.02)
+        what = f"killed {delay:.1f} s after start"
     else:
         while proc.poll() is None and last_step(run) < target:
             time.sleep(0.02)
         time.sleep(rng.uniform(0.0, 0.3))  # lands anywhere in a step, a log write or a save
+        what = f"killed at step ~{last_step(run)} (target {target})"
     if proc.poll() is not None:
         return f"finished before kill (target {target})"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    return f"killed at step ~{last_step(run)} (target {target})"
+    return what
 
 
 def train_command(run: Path, steps: int) -> list[str]:

@@ -10,10 +10,12 @@ compilation cache that the in-process runs fill.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +26,7 @@ import jax
 import numpy as np
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
+from orbax.checkpoint._src.handlers import json_checkpoint_handler
 
 import jaxvae
 from jaxvae import cli
@@ -212,13 +215,13 @@ def test_huge_learning_rate_stops_after_the_second_rollback(tmp_path, capsys):
 
 def test_resume_cleans_a_torn_save_and_falls_back_past_a_damaged_checkpoint(reference, tmp_path, capsys):
     run = tmp_path / "run"
-    subprocess.run(["cp", "-r", str(reference), str(run)], check=True)
+    shutil.copytree(reference, run)
     checkpoints = run / "checkpoints"
     (checkpoints / "25.orbax-checkpoint-tmp").mkdir()  # what a kill -9 mid-save leaves
     (checkpoints / "24" / "train" / "_METADATA").unlink()
-    train_lib.train(MICRO, run, resume=True)
+    train_lib.train(MICRO, run, quiet=True, resume=True)
     out = capsys.readouterr()
-    assert "removed 1 unfinished checkpoint(s) left by an interrupted save: 25.orbax-checkpoint-tmp" in out.out
+    assert "removed 1 unfinished checkpoint(s) left by an interrupted save: 25.orbax-checkpoint-tmp" in out.err
     assert f"checkpoint 24 in {checkpoints} is damaged" in out.err and "falling back to checkpoint 20" in out.err
     assert (run / run_lib.DAMAGED / "24").is_dir()
     damage = run / "checkpoints" / "24" / "params" / "_METADATA"  # now the resumed run's own 24
@@ -226,6 +229,28 @@ def test_resume_cleans_a_torn_save_and_falls_back_past_a_damaged_checkpoint(refe
     before = run_hash(run)
     assert jaxvae.load(run).sample(1).shape == (1, 8, 8, 3)  # from checkpoint 20, read-only
     assert "checkpoint 24" in capsys.readouterr().err and run_hash(run) == before
+    assert comparable(run) == comparable(reference)
+    assert final_digests(run, 24) == final_digests(reference, 24)
+
+
+def test_disk_full_during_a_save_stops_cleanly_and_the_run_resumes(reference, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    real_write = json_checkpoint_handler.JsonCheckpointHandler._save_fn
+
+    async def full_at_step_10(self, x, directory):
+        if "10.orbax-checkpoint-tmp" in str(directory):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        await real_write(self, x, directory)
+
+    monkeypatch.setattr(json_checkpoint_handler.JsonCheckpointHandler, "_save_fn", full_at_step_10)
+    assert cli.main(["train", *MICRO_FLAGS, "--quiet", "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err  # one line, no traceback
+    assert err.startswith(f"jaxvae: error: could not write checkpoint 10 in {run / 'checkpoints'}: "
+                          "No space left on device; earlier checkpoints are intact (steps 0, 5)")
+    monkeypatch.setattr(json_checkpoint_handler.JsonCheckpointHandler, "_save_fn", real_write)
+    assert jaxvae.load(run).sample(1).shape == (1, 8, 8, 3)
+    train_lib.train(MICRO, run, quiet=True, resume=True)
     assert comparable(run) == comparable(reference)
     assert final_digests(run, 24) == final_digests(reference, 24)
 
@@ -254,7 +279,12 @@ def run_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def test_load_sample_and_reconstruct_never_modify_the_run(reference, tmp_path):
+def test_load_sample_and_reconstruct_never_modify_the_run(reference, tmp_path, monkeypatch):
+    def no_pickle(*args, **kwargs):
+        raise AssertionError("a run was read with pickle")
+
+    for name in ("load", "loads", "Unpickler"):  # loading a run must not unpickle anything
+        monkeypatch.setattr(f"pickle.{name}", no_pickle)
     before = run_hash(reference)
     vae = jaxvae.load(reference)
     assert vae.sample(2).shape == (2, 8, 8, 3)

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -119,8 +120,16 @@ class Checkpointer:
         """Remove leftover temporary directories; returns their names (for the caller's note)."""
         names = []
         for path in self.leftover_tmp():
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-            names.append(path.name)
+            # after a failed save in this same process, orbax's writers of the other items may
+            # still be finishing inside the directory: retry briefly before giving up
+            for _ in range(20):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                if not path.exists():
+                    names.append(path.name)
+                    break
+                time.sleep(0.1)
+            else:
+                warn(f"could not remove the unfinished checkpoint {path}")
         return names
 
     # --- saving -----------------------------------------------------------------------------
@@ -162,7 +171,8 @@ class Checkpointer:
         kept = ", ".join(map(str, self.steps())) or "none"
         return CheckpointSaveError(
             f"could not write checkpoint {step} in {self.directory}: {_reason(e)}; "
-            f"earlier checkpoints are intact (steps {kept})")
+            f"earlier checkpoints are intact (steps {kept}); once fixed, continue with "
+            f"`jaxvae train --resume {self.run_dir}`")
 
     def delete_after(self, step: int) -> list[int]:
         """Delete every checkpoint later than `step` (a rollback abandons them)."""

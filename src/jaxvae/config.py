@@ -80,8 +80,7 @@ class Config:
     keep: int = 3
     """Keep the last N checkpoints, plus the best by validation loss."""
     max_bad_steps: int = 20
-    """After N steps in a row skipped for a non-finite loss or gradient, roll back to the last
-    good checkpoint and halve the learning rate (a second time stops the run)."""
+    """N non-finite (skipped) steps in a row roll back to the last good checkpoint at half the lr; twice stops."""
 
     def __post_init__(self) -> None:
         validate(self)

@@ -13,6 +13,7 @@ Orbax's own preemption hook needs jax.distributed, so the signal handling here i
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -73,9 +74,9 @@ def resume(ckpt: Checkpointer, run_dir: Path, c: Config, fresh: dict, batches, s
     and writes the (possibly extended) config. Without any committed checkpoint it starts over.
     """
     removed = ckpt.clean_tmp()
-    if removed:
-        say(f"note: removed {len(removed)} unfinished checkpoint(s) left by an interrupted save: "
-            f"{', '.join(removed)}")
+    if removed:  # on stderr even with --quiet: files were deleted
+        print(f"jaxvae: note: removed {len(removed)} unfinished checkpoint(s) left by an interrupted save: "
+              f"{', '.join(removed)}", file=sys.stderr, flush=True)
     step, restored = ckpt.restore_latest_good(lambda s: ckpt.restore(fresh, s),
                                               on_damaged=lambda s, _: ckpt.quarantine(s))
     if step is None:
@@ -150,7 +151,8 @@ def roll_back(ckpt: Checkpointer, run_dir: Path, c: Config, state: dict, step: i
     streak, rollbacks = int(state["bad_streak"]), int(state["rollbacks"])
     lr = float(state["opt_state"].hyperparams["learning_rate"] * state["lr_scale"])
     ckpt.delete_after(step - streak)
-    good, restored = ckpt.restore_latest_good(lambda s: ckpt.restore(fresh, s)[0])
+    good, restored = ckpt.restore_latest_good(lambda s: ckpt.restore(fresh, s)[0],
+                                              on_damaged=lambda s, _: ckpt.quarantine(s))
     if good is None:
         raise Diverged(f"{streak} steps in a row with non-finite loss or gradients by step {step} "
                        f"(lr {lr:g}) and no good checkpoint to roll back to; lower --lr")
