@@ -12,6 +12,7 @@ Orbax's own preemption hook needs jax.distributed, so the signal handling here i
 
 from __future__ import annotations
 
+import functools
 import signal
 import sys
 import threading
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxvae import run as run_lib
 from jaxvae.checkpoint import Checkpointer, warn
@@ -141,7 +143,7 @@ def keep_if(ok: jax.Array, new, old):
 
 
 # --- rollback -----------------------------------------------------------------------------------
-def roll_back(ckpt: Checkpointer, run_dir: Path, c: Config, state: dict, step: int, fresh: dict) -> tuple[dict, int]:
+def roll_back(ckpt: Checkpointer, run_dir: Path, state: dict, step: int, fresh: dict) -> tuple[dict, int]:
     """Return to the last checkpoint before the current run of bad steps, with half the lr.
 
     Checkpoints saved during the bad run are deleted and metrics.jsonl is rewound, so the run
@@ -164,6 +166,8 @@ def roll_back(ckpt: Checkpointer, run_dir: Path, c: Config, state: dict, step: i
                        f"(--overwrite), or --resume it to retry")
     warn(f"{streak} steps in a row with non-finite loss or gradients by step {step}: rolled back to "
          f"checkpoint {good} and halved the learning rate to {lr / 2:g}")
-    restored["lr_scale"] = restored["lr_scale"] * 0.5
-    restored["rollbacks"] = jnp.asarray(rollbacks + 1, jnp.int32)
+    # placed like the restored arrays, so the compiled step is reused
+    put = functools.partial(jax.device_put, device=restored["step"].sharding)
+    restored["lr_scale"] = put(np.float32(state["lr_scale"]) * np.float32(0.5))
+    restored["rollbacks"] = put(np.int32(rollbacks + 1))
     return restored, good

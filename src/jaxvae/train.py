@@ -164,7 +164,7 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
                 is_save = step % c.ckpt_every == 0 or step == c.steps
                 if ((is_log or is_save or stop.received or step % c.max_bad_steps == 0)
                         and int(state["bad_streak"]) >= c.max_bad_steps):
-                    state, step = resilience.roll_back(ckpt, run_dir, c, state, step, fresh)
+                    state, step = resilience.roll_back(ckpt, run_dir, state, step, fresh)
                     bar.reset(total=c.steps)
                     bar.update(step)
                     continue
