@@ -1,65 +1,257 @@
 """Orbax checkpoints of a run: parameters, optimiser state, step, RNG and data position.
 
-Each checkpoint is a composite of three items so that inference can read the parameters alone:
-  params  the model's nnx.State
-  train   {"opt_state", "step", "key"}
-  data    the data iterator's JSON state
+Each checkpoint is a composite of four items so that inference can read the parameters alone:
+  params     the model's nnx.State
+  train      every other entry of the train state (opt_state, step, key, guard counters)
+  data       the data iterator's JSON state
+  integrity  JSON {"params": sha256, "train": sha256} of the saved arrays
+
+Orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and renames it to `<step>` only once
+every item is on disk, so a crash leaves either a committed checkpoint or a temporary
+directory, never half of one. The digests catch what the rename cannot: a committed checkpoint
+whose files were later truncated, deleted or flipped reads back as "damaged", and the caller
+falls back to the one before. Retention: the last `keep` steps plus the best by validation loss.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
 
-from jaxvae.run import CHECKPOINTS, RunError
+from jaxvae.run import CHECKPOINTS, DAMAGED, RunError
+
+TMP_MARK = ".orbax-checkpoint-tmp"  # orbax's suffix for a step that was never committed
+
+
+class _QuietOrbax(logging.Filter):
+    """Orbax logs every failure as a traceback and every read-only open as a warning; jaxvae
+    reports them itself in one line (CheckpointSaveError, damaged-checkpoint warnings)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.CRITICAL or "orbax" not in record.pathname
+
+
+logging.getLogger("absl").addFilter(_QuietOrbax())
+
+
+class CheckpointSaveError(RunError):
+    """A checkpoint could not be written (disk full, unwritable, ...); earlier ones are intact."""
+
+
+def warn(message: str) -> None:
+    print(f"jaxvae: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _abstract(tree):
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+def digest(tree) -> str:
+    """sha256 over every leaf's dtype, shape and bytes, in tree order."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def all_finite(tree) -> bool:
+    """True when every floating-point leaf of `tree` is finite (a host-side check)."""
+    leaves = [np.asarray(x) for x in jax.tree.leaves(tree)]
+    return all(np.isfinite(x).all() for x in leaves if np.issubdtype(x.dtype, np.inexact))
+
+
+def _reason(e: BaseException) -> str:
+    text = (getattr(e, "strerror", None) or str(e) or type(e).__name__).strip().splitlines()[0]
+    return text[:300]
+
+
 class Checkpointer:
-    """Save and restore a run's training state (a thin layer over ocp.CheckpointManager)."""
+    """Save and restore a run's training state (a thin layer over ocp.CheckpointManager).
+
+    `read_only=True` (loading, sampling, evaluating) never writes to the run directory.
+    """
 
     def __init__(self, run_dir: Path, keep: int = 3, read_only: bool = False):
-        self.directory = Path(run_dir).absolute() / CHECKPOINTS
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only)
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self.run_dir = Path(run_dir).absolute()
+        self.directory = self.run_dir / CHECKPOINTS
+        self.read_only = read_only
+        latest_and_best = policies.AnyPreservationPolicy([
+            policies.LatestN(n=keep),
+            # best by validation loss; checkpoints saved without one (step 0, on a signal)
+            # are kept only while they are among the latest
+            policies.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1,
+                           keep_checkpoints_without_metrics=False),
+        ])
+        options = ocp.CheckpointManagerOptions(
+            create=not read_only, read_only=read_only, preservation_policy=latest_and_best,
+            best_fn=lambda m: m["val_loss"], best_mode="min", save_root_metadata=not read_only)
+        try:
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
+        except OSError as e:
+            raise CheckpointSaveError(f"cannot use checkpoint directory {self.directory}: {_reason(e)}") from e
+        self._pending: int | None = None  # step of a save that may still be in flight
 
-    def save(self, step: int, state: dict, data_state: dict) -> None:
-        train = {k: state[k] for k in ("opt_state", "step", "key")}
-        self.manager.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(state["params"]),
-            train=ocp.args.StandardSave(train),
-            data=ocp.args.JsonSave(data_state)))
+    # --- what is on disk --------------------------------------------------------------------
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def leftover_tmp(self) -> list[Path]:
+        """Temporary directories of saves that never committed (a crash or kill -9 mid-save)."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(p for p in self.directory.iterdir() if TMP_MARK in p.name)
+
+    def clean_tmp(self) -> list[str]:
+        """Remove leftover temporary directories; returns their names (for the caller's note)."""
+        names = []
+        for path in self.leftover_tmp():
+            # after a failed save in this same process, orbax's writers of the other items may
+            # still be finishing inside the directory: retry briefly before giving up
+            for _ in range(20):
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                if not path.exists():
+                    names.append(path.name)
+                    break
+                time.sleep(0.1)
+            else:
+                warn(f"could not remove the unfinished checkpoint {path}")
+        return names
+
+    # --- saving -----------------------------------------------------------------------------
+    def save(self, step: int, state: dict, data_state: dict, val_loss: float | None = None) -> None:
+        """Start an (asynchronous) save of `state` as checkpoint `step`.
+
+        Raises CheckpointSaveError if a previous save failed or this one cannot start, and
+        RunError (without writing anything) if the parameters or optimiser state are not finite.
+        """
+        host = jax.device_get(state)  # one copy, reused for the finiteness check and the digests
+        if not all_finite(host):
+            raise RunError(f"refusing to save checkpoint {step}: the train state holds NaN or inf")
+        train = {k: v for k, v in host.items() if k != "params"}
+        metrics = {"val_loss": float(val_loss)} if val_loss is not None and np.isfinite(val_loss) else None
+        self.wait()  # surfaces a failure of the previous save before starting this one
+        try:
+            self.manager.save(step, metrics=metrics, force=True, args=ocp.args.Composite(
+                params=ocp.args.StandardSave(state["params"]),
+                train=ocp.args.StandardSave({k: state[k] for k in train}),
+                data=ocp.args.JsonSave(data_state),
+                integrity=ocp.args.JsonSave({"params": digest(host["params"]), "train": digest(train)})))
+        except Exception as e:  # orbax raises OSError, or wraps it, from its blocking part
+            raise self._save_error(step, e) from e
+        self._pending = step
+
+    def wait(self) -> None:
+        """Block until an asynchronous save has committed; raise CheckpointSaveError if it failed."""
+        step, self._pending = self._pending, None
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:
+            raise self._save_error(step, e) from e
+        if step is not None and not (self.directory / str(step)).is_dir():
+            # orbax logs (and swallows) some failures of the commit; the rename is the truth
+            raise self._save_error(step, RuntimeError("the save did not commit"))
+
+    def _save_error(self, step: int | None, e: BaseException) -> CheckpointSaveError:
+        self.manager.reload()  # forget the failed step; its tmp directory is removed on resume
+        kept = ", ".join(map(str, self.steps())) or "none"
+        return CheckpointSaveError(
+            f"could not write checkpoint {step} in {self.directory}: {_reason(e)}; "
+            f"earlier checkpoints are intact (steps {kept}); once fixed, continue with "
+            f"`jaxvae train --resume {self.run_dir}`")
+
+    def delete_after(self, step: int) -> list[int]:
+        """Delete every checkpoint later than `step` (a rollback abandons them)."""
+        self.wait()
+        doomed = [s for s in self.steps() if s > step]
+        for s in doomed:
+            self.manager.delete(s)
+        return doomed
+
+    def quarantine(self, step: int) -> Path:
+        """Move a damaged checkpoint out of the way (to RUN/checkpoints.damaged/) rather than delete it."""
+        target_dir = self.run_dir / DAMAGED
+        target_dir.mkdir(exist_ok=True)
+        target = target_dir / str(step)
+        n = 1
+        while target.exists():
+            target, n = target_dir / f"{step}.{n}", n + 1
+        shutil.move(str(self.directory / str(step)), target)
+        self.manager.reload()
+        return target
+
+    # --- restoring --------------------------------------------------------------------------
     def restore(self, template: dict, step: int | None = None) -> tuple[dict, dict]:
         """Restore the full training state shaped like `template`, and the data state."""
-        step = self.manager.latest_step() if step is None else step
+        step = self.latest_step() if step is None else step
         if step is None:
             raise RunError(f"no checkpoint in {self.directory}")
-        train = {k: template[k] for k in ("opt_state", "step", "key")}
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(_abstract(template["params"])),
-            train=ocp.args.StandardRestore(_abstract(train)),
-            data=ocp.args.JsonRestore()))
+        train = {k: v for k, v in template.items() if k != "params"}
+        items = {"params": ocp.args.StandardRestore(_abstract(template["params"])),
+                 "train": ocp.args.StandardRestore(_abstract(train)),
+                 "data": ocp.args.JsonRestore()}
+        out = self._restore_verified(step, items)
         return {"params": out["params"], **out["train"]}, dict(out["data"])
 
     def restore_params(self, params_template, step: int | None = None):
-        step = self.manager.latest_step() if step is None else step
+        """The parameters of checkpoint `step`; by default of the latest one that is not damaged."""
+        items = {"params": ocp.args.StandardRestore(_abstract(params_template))}
+        if step is not None:
+            return self._restore_verified(step, items)["params"]
+        step, params = self.restore_latest_good(lambda s: self._restore_verified(s, items)["params"])
         if step is None:
             raise RunError(f"no checkpoint in {self.directory}: was the run interrupted before its first save?")
-        out = self.manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(_abstract(params_template))))
-        return out["params"]
+        return params
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
+    def _restore_verified(self, step: int, items: dict) -> dict:
+        has_digests = (self.directory / str(step) / "integrity").is_dir()
+        if has_digests:
+            items = {**items, "integrity": ocp.args.JsonRestore()}
+        out = self.manager.restore(step, args=ocp.args.Composite(**items))
+        if has_digests:
+            for name in ("params", "train"):
+                if name in items and digest(out[name]) != out["integrity"][name]:
+                    raise RunError(f"{name} do not match the digest written with them")
+        return out
+
+    def restore_latest_good(self, restore: Callable[[int], object],
+                            on_damaged: Callable[[int, str], None] | None = None):
+        """Call restore(step) from the newest checkpoint back until one works: (step, result).
+
+        Each damaged checkpoint is reported by a warning that names it and passed to on_damaged.
+        Raises RunError naming every failure when none can be restored; (None, None) if none exist.
+        """
+        failures = []
+        for step in reversed(self.steps()):
+            try:
+                result = restore(step)
+            except Exception as e:  # a damaged checkpoint fails in many ways: read, decode, digest
+                reason = _reason(e)
+                failures.append(f"{step} ({reason})")
+                older = [s for s in self.steps() if s < step]
+                warn(f"checkpoint {step} in {self.directory} is damaged: {reason}; "
+                     + (f"falling back to checkpoint {older[-1]}" if older else "no earlier checkpoint"))
+                if on_damaged:
+                    on_damaged(step, reason)
+                continue
+            return step, result
+        if failures:
+            raise RunError(f"no loadable checkpoint in {self.directory}: {'; '.join(failures)}")
+        return None, None
 
     def close(self) -> None:
         self.manager.close()

@@ -32,6 +32,8 @@ class TrainArgs:
     """Run directory to create."""
     overwrite: bool = False
     """Replace a run that already exists in --out."""
+    resume: str | None = None
+    """Continue this run from its latest checkpoint (instead of --out); its config is the default."""
     quiet: bool = False
     """No progress bar or log lines."""
     tensorboard: bool = False
@@ -85,11 +87,15 @@ class InterpolateArgs:
 
 
 def run_train(argv: list[str]) -> int:
+    from jaxvae.resilience import resume_config
     from jaxvae.train import train
 
-    name, argv = _preset_name(argv), expand_decoder_std(argv)
-    args = _parse(TrainArgs, argv, default=TrainArgs(config=preset(name), preset=name), prog="train")
-    train(args.config, args.out, overwrite=args.overwrite, quiet=args.quiet, tensorboard=args.tensorboard)
+    name, resume = _preset_name(argv), _flag(argv, "--resume")
+    argv = expand_decoder_std(argv)
+    base = resume_config(resume, preset=_flag(argv, "--preset"), out=_flag(argv, "--out")) if resume else preset(name)
+    args = _parse(TrainArgs, argv, default=TrainArgs(config=base, preset=name), prog="train")
+    train(args.config, args.resume or args.out, overwrite=args.overwrite, quiet=args.quiet,
+          resume=args.resume is not None, tensorboard=args.tensorboard)
     return 0
 
 
@@ -186,12 +192,16 @@ def _parse(cls, argv: list[str], prog: str, default=None):
 
 def _preset_name(argv: list[str]) -> str:
     """The --preset value, read before parsing since it sets every other flag's default."""
+    return _flag(argv, "--preset") or "seed"
+
+
+def _flag(argv: list[str], flag: str) -> str | None:
     for i, arg in enumerate(argv):
-        if arg == "--preset" and i + 1 < len(argv):
+        if arg == flag and i + 1 < len(argv):
             return argv[i + 1]
-        if arg.startswith("--preset="):
+        if arg.startswith(flag + "="):
             return arg.split("=", 1)[1]
-    return "seed"
+    return None
 
 
 def _positive(**values: int) -> None:
@@ -231,9 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         print(f"jaxvae: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("jaxvae: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # train saves first on SIGTERM/SIGINT and says how to resume
+        print(f"jaxvae: {e}" if str(e) else "jaxvae: interrupted", file=sys.stderr)
+        return getattr(e, "exit_code", 130)
 
 
 if __name__ == "__main__":

@@ -116,6 +116,10 @@ class Config:
     """Validation loss every N steps."""
     ckpt_every: int = 1000
     """Checkpoint every N steps (and always at the end)."""
+    keep: int = 3
+    """Keep the last N checkpoints, plus the best by validation loss."""
+    max_bad_steps: int = 20
+    """N non-finite (skipped) steps in a row roll back to the last good checkpoint at half the lr; twice stops."""
 
     def __post_init__(self) -> None:
         validate(self)
@@ -211,6 +215,9 @@ def validate(c: Config) -> None:
     _check(c.beta >= 0, f"beta must be >= 0, got {c.beta}")
     _check(c.lr > 0, f"lr must be > 0, got {c.lr}")
     _check(0.0 <= c.val_fraction < 1.0, f"val_fraction must be in [0, 1), got {c.val_fraction}")
+    for name in ("keep", "max_bad_steps"):  # checkpoint retention and the non-finite guard
+        value = getattr(c, name)
+        _check(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
 
 
 # The chapter's exact setting: hidden 256, z 64, 8x8 patches of 64x64x3, depth 4, 4 heads,

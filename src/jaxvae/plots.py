@@ -31,10 +31,9 @@ def curves(records: list[dict], path: Path) -> None:
         pts = [(r["step"], r[key]) for r in records if key in r]
         if pts:
             ax.plot(*zip(*pts, strict=True), label="Train")
-        if key == "loss":
-            val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
-            if val:
-                ax.plot(*zip(*val, strict=True), label="Valid")
+        val = [(r["step"], r[f"val_{key}"]) for r in records if f"val_{key}" in r]
+        if val:
+            ax.plot(*zip(*val, strict=True), label="Valid", marker="." if len(val) < 3 else None)
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.legend()

@@ -4,6 +4,7 @@
   RUN/meta.json        jaxvae version and run-format number
   RUN/metrics.jsonl    one JSON object per logged step
   RUN/checkpoints/     Orbax checkpoints
+  RUN/checkpoints.damaged/  checkpoints found damaged on resume, moved aside (not deleted)
   RUN/summary.json     final metrics, wall time, images/s, reconstruction MSE
   RUN/*.png            curves, reconstructions, samples, interpolation
   RUN/report.html      the self-contained HTML report (jaxvae report)
@@ -21,12 +22,12 @@ from jaxvae.config import Config, ConfigError
 
 FORMAT = 1
 VERSION = "0.1.0"
-CONFIG, META, METRICS, SUMMARY, CHECKPOINTS = (
-    "config.json", "meta.json", "metrics.jsonl", "summary.json", "checkpoints")
+CONFIG, META, METRICS, SUMMARY, CHECKPOINTS, DAMAGED = (
+    "config.json", "meta.json", "metrics.jsonl", "summary.json", "checkpoints", "checkpoints.damaged")
 PICTURES = ("curves.png", "reconstructions.png", "samples.png", "interpolation.png")
 REPORT, TENSORBOARD = "report.html", "tensorboard"  # jaxvae report; train --tensorboard
 # Everything a run writes; --overwrite removes exactly these and nothing else of the user's.
-RUN_FILES = (CONFIG, META, METRICS, SUMMARY, CHECKPOINTS, *PICTURES, REPORT, TENSORBOARD)
+RUN_FILES = (CONFIG, META, METRICS, SUMMARY, CHECKPOINTS, DAMAGED, *PICTURES, REPORT, TENSORBOARD)
 
 
 class RunError(ConfigError):
@@ -50,24 +51,28 @@ def create(out: str | os.PathLike, config: Config, overwrite: bool = False) -> P
     for name in existing:
         target = path / name
         shutil.rmtree(target) if target.is_dir() else target.unlink()
-    write_json(path / CONFIG, config.to_dict())
+    # meta.json first: config.json is what makes a directory a run (is_run), so a crash between
+    # the two leaves no run without its format number
     write_json(path / META, {"jaxvae_version": VERSION, "format": FORMAT})
+    write_json(path / CONFIG, config.to_dict())
     return path
 
 
 def open_run(run: str | os.PathLike) -> tuple[Path, Config]:
-    """Check that `run` is a jaxvae run and return (path, its config). Never writes."""
+    """Check that `run` is a jaxvae run this version can read; return (path, its config). Never writes."""
     path = Path(run)
     if not path.exists():
         raise RunError(f"run directory {path} does not exist")
     if not path.is_dir() or not is_run(path):
         raise RunError(f"{path} is not a jaxvae run (no {CONFIG})")
-    meta_path = path / META
-    if meta_path.is_file():
-        meta = read_json(meta_path)
-        if meta.get("format") != FORMAT:
-            raise RunError(f"{path} was written by jaxvae {meta.get('jaxvae_version', '?')} "
-                           f"(run format {meta.get('format')}); this jaxvae {VERSION} reads format {FORMAT}")
+    try:
+        meta = read_json(path / META)
+    except (OSError, ValueError):
+        raise RunError(f"{path} has no readable {META}: not written by this jaxvae (run format {FORMAT})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        meta = meta if isinstance(meta, dict) else {}
+        raise RunError(f"{path} was written by jaxvae {meta.get('jaxvae_version', '?')} "
+                       f"(run format {meta.get('format')}); this jaxvae {VERSION} reads format {FORMAT}")
     try:
         config = Config.from_dict(read_json(path / CONFIG))
     except (ValueError, TypeError) as e:
@@ -91,15 +96,44 @@ def append_metrics(path: Path, record: dict) -> None:
         f.write(json.dumps(record, sort_keys=True) + "\n")
 
 
+def sync_metrics(path: Path) -> None:
+    """Flush metrics.jsonl to the disk, so a checkpoint never outlives the records before it."""
+    file = Path(path) / METRICS
+    if file.is_file():
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def truncate_metrics(path: Path, step: int) -> int:
+    """Keep only the complete records up to `step` (a resume rewinds to its checkpoint).
+
+    Returns how many records were dropped. The rewrite is atomic, like write_json.
+    """
+    file = Path(path) / METRICS
+    if not file.is_file():
+        return 0
+    lines = file.read_text().splitlines()
+    kept = [line for line in lines if (rec := _parse_record(line)) is not None and rec.get("step", 0) <= step]
+    tmp = file.with_name(file.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, file)
+    return len(lines) - len(kept)
+
+
+def _parse_record(line: str) -> dict | None:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:  # a torn last line from a crash
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def read_metrics(path: Path) -> list[dict]:
     """All complete records of metrics.jsonl (a torn last line from a crash is ignored)."""
     file = Path(path) / METRICS
     if not file.is_file():
         return []
-    records = []
-    for line in file.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
+    return [r for r in map(_parse_record, file.read_text().splitlines()) if r is not None]

@@ -6,6 +6,9 @@ The train state is a plain pytree dict:
   step       int32 scalar, steps completed
   key        uint32 key data; step t draws its noise from fold_in(key, t), so a resumed run
              draws exactly the noise an uninterrupted one would
+  skipped_steps, bad_streak  int32: updates skipped by the non-finite guard, in all and in a row
+  rollbacks  int32, lr_scale float32: rollbacks so far, and the factor (1/2 per rollback) on the lr
+All of it is checkpointed, so a resumed run continues bitwise where it stopped (resilience.py).
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from jaxvae import data as data_lib
+from jaxvae import resilience
 from jaxvae import run as run_lib
 from jaxvae.checkpoint import Checkpointer
 from jaxvae.config import Config
 from jaxvae.data import vectors
 from jaxvae.losses import dequantize, kl_weight, vae_loss
 from jaxvae.model import build
+from jaxvae.run import RunError
 from jaxvae.tensorboard import TensorBoard
 
 VAL_IMAGES = 512  # validation loss is measured on (up to) this many fixed held-out images
@@ -47,8 +52,14 @@ def init_state(c: Config) -> tuple[nnx.GraphDef, dict]:
         "opt_state": make_optimizer(c).init(params),
         "step": jnp.zeros((), jnp.int32),
         "key": jax.random.key_data(jax.random.key(c.seed + 1)),
+        "skipped_steps": jnp.zeros((), jnp.int32),
+        "bad_streak": jnp.zeros((), jnp.int32),
+        "rollbacks": jnp.zeros((), jnp.int32),
+        "lr_scale": jnp.ones((), jnp.float32),
     }
-    return graphdef, state
+    # Committed to the device like a restored checkpoint, so that resuming or rolling back
+    # reuses the compiled step instead of compiling it again for a different placement.
+    return graphdef, jax.device_put(state, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
 
 
 def make_train_step(graphdef: nnx.GraphDef, c: Config):
@@ -64,12 +75,21 @@ def make_train_step(graphdef: nnx.GraphDef, c: Config):
         if c.dequantize:
             x = dequantize(x, jax.random.fold_in(key, 1))
         beta = kl_weight(state["step"], c.beta, c.kl_warmup_steps)
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], x, key, beta)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], x, key, beta)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        updates = jax.tree.map(lambda u: u * state["lr_scale"], updates)  # halved by each rollback
         params = optax.apply_updates(state["params"], updates)
+        # The non-finite guard: a step whose loss, gradients or results are not finite changes
+        # nothing but the counters (like optax.apply_if_finite, which checks the updates only).
+        ok = jnp.isfinite(loss) & resilience.finite((grads, params, opt_state))
+        params, opt_state = resilience.keep_if(ok, (params, opt_state), (state["params"], state["opt_state"]))
+        bad = (~ok).astype(jnp.int32)
+        new_state = {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1,
+                     "skipped_steps": state["skipped_steps"] + bad, "bad_streak": (state["bad_streak"] + bad) * bad}
         metrics["grad_norm"] = optax.tree.norm(grads)
-        metrics["lr"] = opt_state.hyperparams["learning_rate"]
-        new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1, "key": state["key"]}
+        metrics["lr"] = opt_state.hyperparams["learning_rate"] * state["lr_scale"]
+        metrics["skipped_steps"] = new_state["skipped_steps"]
+        metrics["rollbacks"] = state["rollbacks"]
         return new_state, metrics
 
     return train_step
@@ -90,18 +110,20 @@ def model_input(rows: np.ndarray, kind: str) -> np.ndarray:
     return rows if kind == "vectors" else data_lib.to_model_range(rows)
 
 
-def validation_loss(eval_step, params, val: np.ndarray, c: Config, kind: str = "images") -> float:
-    """Mean loss over a fixed set of held-out images with fixed noise: comparable across steps.
-    It uses the full beta, so a warm-up does not make early values look better."""
+VAL_KEYS = ("loss", "reconstruction_loss", "kl_loss", "x_std", "z_std")
+
+
+def validation_metrics(eval_step, params, val: np.ndarray, c: Config, kind: str = "images") -> dict:
+    """The chapter's five metrics on a fixed set of held-out examples with fixed noise, as val_<name>:
+    comparable across steps. It uses the full beta, so a warm-up does not flatter early values."""
     n = min(len(val), VAL_IMAGES)
     bs = min(c.batch_size, n)
     key = jax.random.key(c.seed + 2)
-    total, count = 0.0, 0
+    totals = []
     for i, lo in enumerate(range(0, n - bs + 1, bs)):
-        x = model_input(val[lo:lo + bs], kind)
-        total += float(eval_step(params, x, jax.random.fold_in(key, i))["loss"]) * bs
-        count += bs
-    return total / count
+        m = eval_step(params, model_input(val[lo:lo + bs], kind), jax.random.fold_in(key, i))
+        totals.append([float(m[k]) for k in VAL_KEYS])
+    return {f"val_{k}": float(v) for k, v in zip(VAL_KEYS, np.mean(totals, axis=0), strict=True)}
 
 
 def _progress(c: Config, quiet: bool):
@@ -109,71 +131,111 @@ def _progress(c: Config, quiet: bool):
 
 
 def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = False,
-          tensorboard: bool = False) -> dict:
-    """Train a fresh run of config c into `out`; returns the summary (also in summary.json)."""
+          resume: bool = False, tensorboard: bool = False) -> dict:
+    """Train config c into the run directory `out`; returns the summary (also in summary.json).
+
+    A fresh run refuses an existing run in `out` unless overwrite. With resume, `out` is an
+    existing run that continues from its latest good checkpoint; c may differ from its config
+    only in resilience.RESUMABLE (e.g. more steps). SIGTERM/SIGINT save and raise Interrupted.
+    """
     t_start = time.perf_counter()
+    say = (lambda *a, **k: None) if quiet else functools.partial(print, flush=True)
+    if resume and overwrite:
+        raise RunError("--resume continues a run and --overwrite replaces it: pass one of them")
     c = vectors.resolve_config(c)  # vector data: record D in the config, so the run rebuilds this model
+    if resume:  # check before anything is loaded or written
+        run_dir, saved = run_lib.open_run(out)
+        resilience.check_resumable(run_dir, saved, c)
     tb = TensorBoard(tensorboard)  # before anything is written: a missing tensorboardX fails here
     dataset = data_lib.load_dataset(c)
     iterator = vectors.VectorBatches if dataset.kind == "vectors" else data_lib.BatchIterator
     batches = iterator(dataset.train, c.batch_size, seed=c.seed, flip=c.flip)
-    run_dir = run_lib.create(out, c, overwrite)
+    if not resume:
+        run_dir = run_lib.create(out, c, overwrite)
     tb.open(run_dir)
 
-    graphdef, state = init_state(c)
+    graphdef, fresh = init_state(c)
     train_step, eval_step = make_train_step(graphdef, c), make_eval_step(graphdef, c)
-    ckpt = Checkpointer(run_dir)
-    say = (lambda *a: None) if quiet else print
+    ckpt = Checkpointer(run_dir, keep=c.keep)
     bar = _progress(c, quiet)
     window_t, window_steps, rates, compile_s = time.perf_counter(), 0, [], None
-    record = {}
+    state, step, record = fresh, 0, {}
     try:
-        for step in range(int(state["step"]), c.steps):
-            state, metrics = train_step(state, next(batches))
-            done = step + 1
-            window_steps += 1
-            if compile_s is None:  # the first step traces and compiles: time it apart
-                jax.block_until_ready(metrics)
-                compile_s = time.perf_counter() - window_t
-                window_t, window_steps = time.perf_counter(), 0
-            is_eval = done % c.eval_every == 0 or done == c.steps
-            if done % c.log_every == 0 or is_eval:
-                record = {k: float(v) for k, v in jax.device_get(metrics).items()}  # the one host sync
-                now = time.perf_counter()
-                if window_steps:
-                    rates.append(window_steps * c.batch_size / (now - window_t))
-                record.update(step=done, images_per_s=rates[-1] if rates else 0.0)
-                if is_eval:
-                    record["val_loss"] = validation_loss(eval_step, state["params"], dataset.val, c, dataset.kind)
-                    if not bar.disable:
-                        bar.write(f"step {done}: loss {record['loss']:.2f} val_loss {record['val_loss']:.2f}")
-                    elif not quiet:
-                        say(f"step {done}/{c.steps}  loss {record['loss']:.2f}  val_loss {record['val_loss']:.2f}"
-                            f"  kl {record['kl_loss']:.2f}  {record['images_per_s']:.0f} img/s", flush=True)
-                run_lib.append_metrics(run_dir, record)
-                tb.scalars(done, record)
-                bar.set_postfix(loss=f"{record['loss']:.1f}", kl=f"{record['kl_loss']:.1f}",
-                                img_s=f"{record['images_per_s']:.0f}")
-                window_t, window_steps = time.perf_counter(), 0
-            bar.update(1)
-            if done % c.ckpt_every == 0 or done == c.steps:
-                ckpt.save(done, state, batches.get_state())
+        with resilience.StopSignals() as stop:
+            if resume:
+                state, step = resilience.resume(ckpt, run_dir, c, fresh, batches, say)
+                record = (run_lib.read_metrics(run_dir) or [{}])[-1]
+                bar.update(step)
+            start_step = step
+            if ckpt.latest_step() is None:  # step 0 is the first good checkpoint: a resume and rollback target
+                ckpt.save(0, state, batches.get_state())
+            while step < c.steps:
+                state, metrics = train_step(state, next(batches))
+                step += 1
+                window_steps += 1
+                if compile_s is None:  # the first step traces and compiles: time it apart
+                    jax.block_until_ready(metrics)
+                    compile_s = time.perf_counter() - window_t
+                    window_t, window_steps = time.perf_counter(), 0
+                is_eval = step % c.eval_every == 0 or step == c.steps
+                is_log = step % c.log_every == 0 or is_eval
+                is_save = step % c.ckpt_every == 0 or step == c.steps
+                if ((is_log or is_save or stop.received or step % c.max_bad_steps == 0)
+                        and int(state["bad_streak"]) >= c.max_bad_steps):
+                    state, step = resilience.roll_back(ckpt, run_dir, state, step, fresh)
+                    bar.reset(total=c.steps)
+                    bar.update(step)
+                    continue
+                if is_log:
+                    if window_steps:
+                        rates.append(window_steps * c.batch_size / (time.perf_counter() - window_t))
+                    record = {k: float(v) for k, v in jax.device_get(metrics).items()}  # the one host sync
+                    record.update(step=step, images_per_s=rates[-1] if rates else 0.0)
+                    if is_eval:
+                        record.update(validation_metrics(eval_step, state["params"], dataset.val, c, dataset.kind))
+                        _report(record, c, bar, quiet)
+                    run_lib.append_metrics(run_dir, record)
+                    tb.scalars(step, record)
+                    bar.set_postfix(loss=f"{record['loss']:.1f}", kl=f"{record['kl_loss']:.1f}",
+                                    img_s=f"{record['images_per_s']:.0f}")
+                    window_t, window_steps = time.perf_counter(), 0
+                bar.update(1)
+                if is_save or stop.received:
+                    val = record.get("val_loss") if record.get("step") == step else None
+                    if val is None and is_save:  # the best checkpoint is chosen by validation loss
+                        val = validation_metrics(eval_step, state["params"], dataset.val, c, dataset.kind)["val_loss"]
+                    run_lib.sync_metrics(run_dir)
+                    ckpt.save(step, state, batches.get_state(), val)
+                if stop.received:
+                    ckpt.wait()
+                    raise resilience.interrupted(stop, step, run_dir)
     finally:
         bar.close()
-        ckpt.wait()
-        ckpt.close()
-        tb.close()
+        try:
+            ckpt.wait()  # a failed asynchronous save raises here
+        finally:
+            ckpt.close()
+            tb.close()
 
     train_seconds = time.perf_counter() - t_start
     summary = finish(run_dir, c, graphdef, state["params"], dataset, record)
     summary.update(wall_time_s=train_seconds, compile_s=compile_s or 0.0,
-                   images_per_s=float(np.median(rates)) if rates else 0.0)
+                   images_per_s=float(np.median(rates)) if rates else 0.0,
+                   resumed_from_step=start_step if resume else None)
     run_lib.write_json(run_dir / run_lib.SUMMARY, summary)
     tb.images(c.steps, {name.removesuffix(".png"): run_dir / name for name in run_lib.PICTURES})
     _write_report(run_dir)
     say(f"trained {c.steps} steps in {train_seconds:.1f} s ({summary['images_per_s']:.0f} img/s); "
         f"val reconstruction MSE {summary['reconstruction_mse']:.4f}; wrote {run_dir}")
     return summary
+
+
+def _report(record: dict, c: Config, bar, quiet: bool) -> None:
+    if not bar.disable:
+        bar.write(f"step {record['step']}: loss {record['loss']:.2f} val_loss {record['val_loss']:.2f}")
+    elif not quiet:
+        print(f"step {record['step']}/{c.steps}  loss {record['loss']:.2f}  val_loss {record['val_loss']:.2f}"
+              f"  kl {record['kl_loss']:.2f}  {record['images_per_s']:.0f} img/s", flush=True)
 
 
 def _write_report(run_dir: Path) -> None:
@@ -192,7 +254,7 @@ def finish(run_dir: Path, c: Config, graphdef, params, dataset, last: dict) -> d
     from jaxvae import plots, sample
 
     model = nnx.merge(graphdef, params)
-    keys = ("loss", "reconstruction_loss", "kl_loss", "x_std", "z_std", "val_loss")
+    keys = ("loss", "reconstruction_loss", "kl_loss", "x_std", "z_std", "val_loss", "skipped_steps", "rollbacks")
     if dataset.kind == "vectors":  # no pictures of vectors: the curves, and the error in data units
         plots.curves(run_lib.read_metrics(run_dir), run_dir / "curves.png")
         x = dataset.val[:VAL_IMAGES]
