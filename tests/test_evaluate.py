@@ -228,6 +228,7 @@ def test_cli_vector_run_end_to_end(tmp_path, capsys):
     assert [m["beta"] for m in metrics] == pytest.approx([3 / 8, 7 / 8, 1.0])
     assert all("kl_objective" in m for m in metrics)
     assert json.loads((run / "summary.json").read_text())["reconstruction_mse"] > 0
+    assert "vector data (D = 4)" in (run / "report.html").read_text()  # the report knows vectors have no images
 
     out = tmp_path / "test_eval.json"
     assert cli.main(["evaluate", str(run), "--data", str(tmp_path / "test.csv"), "--iw-samples", "20",

@@ -315,12 +315,17 @@ def build_report(run: str | os.PathLike) -> str:
     _summary(page, path, config, records)
     _config(page, config)
     _curves(page, records)
-    dataset = _load_data(page, config)
-    if dataset is not None:
-        _data(page, dataset)
-    vae, step = _load_model(page, path)
-    if vae is not None:
-        _pictures(page, config, vae.model, step, _held_out(page, dataset))
+    if config.data_dim:  # vector data: the curves, summary and evaluation are the whole story
+        page.missing.append(f"vector data (D = {config.data_dim}): no image grids, reconstructions, samples, "
+                            "interpolations or traversals")
+        step = _checkpoint_step(path / run_lib.CHECKPOINTS)
+    else:
+        dataset = _load_data(page, config)
+        if dataset is not None:
+            _data(page, dataset)
+        vae, step = _load_model(page, path)
+        if vae is not None:
+            _pictures(page, config, vae.model, step, _held_out(page, dataset))
     _evaluation(page, path)
 
     meta = _read_json(page, path / run_lib.META) or {}
