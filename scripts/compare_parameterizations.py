@@ -3,7 +3,7 @@
 The README's answer to "why a log-variance?" quotes this script's output. Each run is a normal
 jaxvae run under --out-root; the table reads their summary.json and metrics.jsonl.
 
-usage: python scripts/compare_parameterizations.py [--steps N] [--out-root DIR]
+usage: python scripts/compare_parameterizations.py [--steps N] [--seed K] [--out-root DIR]
 """
 
 import argparse
@@ -21,12 +21,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="override the preset's steps")
     ap.add_argument("--out-root", default="runs/parameterizations")
     ap.add_argument("--which", default="posterior", choices=["posterior", "decoder"])
+    ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     rows = []
     for p in PARAMETERIZATIONS:
-        out = Path(a.out_root) / f"{a.which}_{p}"
+        out = Path(a.out_root) / f"{a.which}_{p}_seed{a.seed}"
         cmd = [sys.executable, "-m", "jaxvae", "train", "--preset", "tiny", f"--{a.which}-scale", p,
-               "--out", str(out), "--overwrite", "--quiet"]
+               "--seed", str(a.seed), "--out", str(out), "--overwrite", "--quiet"]
         if a.steps:
             cmd += ["--steps", str(a.steps)]
         subprocess.run(cmd, check=True)
