@@ -21,3 +21,19 @@ def trained_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "micro"
     train(micro_config(), out, quiet=True)
     return out
+
+
+def untrained_run(out, config: Config):
+    """A run directory whose only checkpoint is the initial state: enough for any command that
+    loads a run, without training it."""
+    from jaxvae import run as run_lib
+    from jaxvae.checkpoint import Checkpointer
+    from jaxvae.train import init_state
+
+    out = run_lib.create(out, config)
+    _, state = init_state(config)
+    ckpt = Checkpointer(out)
+    ckpt.save(0, state, {"epoch": 0, "pos": 0})
+    ckpt.wait()
+    ckpt.close()
+    return out

@@ -9,6 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import untrained_run
 
 import jaxvae
 from jaxvae import cli, sample
@@ -151,17 +152,7 @@ def snapshot(folder: Path) -> dict:
 def image_run(tmp_path_factory):
     """A tiny transformer run as `jaxvae train` lays it out: config.json, meta.json and a checkpoint
     (of the initial parameters: what is measured here is the plumbing, not the training)."""
-    from jaxvae import run as run_lib
-    from jaxvae.checkpoint import Checkpointer
-    from jaxvae.train import init_state
-
-    out = run_lib.create(tmp_path_factory.mktemp("runs") / "tiny", TINY_IMAGES)
-    _, state = init_state(TINY_IMAGES)
-    ckpt = Checkpointer(out)
-    ckpt.save(0, state, {"epoch": 0, "pos": 0})
-    ckpt.wait()
-    ckpt.close()
-    return out
+    return untrained_run(tmp_path_factory.mktemp("runs") / "tiny", TINY_IMAGES)
 
 
 @pytest.mark.slow

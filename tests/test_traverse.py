@@ -5,17 +5,15 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from conftest import untrained_run
 from flax import nnx
 from PIL import Image
 
 from jaxvae import cli, latents, sample
 from jaxvae import data as data_lib
-from jaxvae import run as run_lib
-from jaxvae.checkpoint import Checkpointer
 from jaxvae.config import Config
 from jaxvae.losses import negative_elbo_terms
 from jaxvae.model import build
-from jaxvae.train import init_state
 
 TINY = Config(image_size=8, patch_size=4, hidden=32, depth=1, heads=2, mlp_ratio=2, z_dim=5,
               batch_size=8, steps=2, log_every=1, eval_every=2, ckpt_every=2)
@@ -92,13 +90,7 @@ def test_traverse_decodes_the_swept_posterior_mean(model, images):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A run whose only checkpoint is the initial state: enough for every command that loads a run."""
-    out = run_lib.create(tmp_path_factory.mktemp("traverse") / "run", TINY)
-    _, state = init_state(TINY)
-    ckpt = Checkpointer(out)
-    ckpt.save(0, state, {"epoch": 0, "pos": 0})
-    ckpt.wait()
-    ckpt.close()
-    return out
+    return untrained_run(tmp_path_factory.mktemp("traverse") / "run", TINY)
 
 
 def test_traverse_command_writes_a_png(run_dir, tmp_path):
