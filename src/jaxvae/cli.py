@@ -33,6 +33,12 @@ class TrainArgs:
     """Replace a run that already exists in --out."""
     quiet: bool = False
     """No progress bar or log lines."""
+    coordinator: str = ""
+    """Multi-host: HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS); empty for one process."""
+    num_processes: int = 0
+    """Multi-host: number of processes (or JAX_NUM_PROCESSES)."""
+    process_id: int = -1
+    """Multi-host: this process's index, 0 first (or JAX_PROCESS_ID)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,10 +88,12 @@ class InterpolateArgs:
 
 
 def run_train(argv: list[str]) -> int:
+    from jaxvae import parallel
     from jaxvae.train import train
 
     name = _preset_name(argv)
     args = _parse(TrainArgs, argv, default=TrainArgs(config=preset(name), preset=name), prog="train")
+    parallel.initialize(args.coordinator, args.num_processes, args.process_id)
     train(args.config, args.out, overwrite=args.overwrite, quiet=args.quiet)
     return 0
 

@@ -23,6 +23,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from jaxvae import data as data_lib
+from jaxvae import parallel
 from jaxvae import run as run_lib
 from jaxvae.checkpoint import Checkpointer
 from jaxvae.config import Config
@@ -100,10 +101,14 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
     """Train a fresh run of config c into `out`; returns the summary (also in summary.json)."""
     t_start = time.perf_counter()
     dataset = data_lib.load_dataset(c)
-    batches = data_lib.BatchIterator(dataset.train, c.batch_size, seed=c.seed, flip=c.flip)
-    run_dir = run_lib.create(out, c, overwrite)
+    mesh = parallel.data_mesh()  # every device of every process; the batch is sharded over them
+    batches = parallel.make_batches(dataset.train, c.batch_size, c.seed, c.flip, mesh)
+    run_dir = run_lib.create(out, c, overwrite) if parallel.is_writer() else Path(out)
+    parallel.barrier("run directory created")
+    quiet = quiet or not parallel.is_writer()
 
     graphdef, state = init_state(c)
+    state = parallel.replicate(state, mesh)
     train_step, eval_step = make_train_step(graphdef, c), make_eval_step(graphdef, c)
     ckpt = Checkpointer(run_dir)
     say = (lambda *a: None) if quiet else print
@@ -133,7 +138,8 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
                     elif not quiet:
                         say(f"step {done}/{c.steps}  loss {record['loss']:.2f}  val_loss {record['val_loss']:.2f}"
                             f"  kl {record['kl_loss']:.2f}  {record['images_per_s']:.0f} img/s", flush=True)
-                run_lib.append_metrics(run_dir, record)
+                if parallel.is_writer():
+                    run_lib.append_metrics(run_dir, record)
                 bar.set_postfix(loss=f"{record['loss']:.1f}", kl=f"{record['kl_loss']:.1f}",
                                 img_s=f"{record['images_per_s']:.0f}")
                 window_t, window_steps = time.perf_counter(), 0
@@ -146,7 +152,9 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
         ckpt.close()
 
     train_seconds = time.perf_counter() - t_start
-    summary = finish(run_dir, c, graphdef, state["params"], dataset, record)
+    if not parallel.is_writer():  # process 0 alone writes the pictures and the summary
+        return {"steps": c.steps, "process_index": jax.process_index()}
+    summary = finish(run_dir, c, graphdef, parallel.host_copy(state["params"]), dataset, record)
     summary.update(wall_time_s=train_seconds, compile_s=compile_s or 0.0,
                    images_per_s=float(np.median(rates)) if rates else 0.0)
     run_lib.write_json(run_dir / run_lib.SUMMARY, summary)
