@@ -97,10 +97,7 @@ def _run(cmd: list[str], env: dict | None = None, timeout: float = 900) -> str:
 def measure_ours(preset: str, batch: int, precision: str = "fp32", steps: int = 6, windows: int = 3,
                  devices: int = 1) -> dict:
     """jaxvae's train step in a fresh process; `devices` > 1 simulates that many CPU devices."""
-    env = {}
-    if devices > 1:
-        env["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                            f" --xla_force_host_platform_device_count={devices}").strip()
+    env = {"JAX_NUM_CPU_DEVICES": str(devices)} if devices > 1 else {}  # read when JAX's CPU backend starts
     cmd = [sys.executable, str(Path(__file__).with_name("step_worker.py")), "--preset", preset,
            "--batch", str(batch), "--precision", precision, "--steps", str(steps), "--windows", str(windows)]
     lines = [ln for ln in _run(cmd, env).splitlines() if ln.startswith("{")]

@@ -28,11 +28,14 @@ from harness import BenchError, cpu_info, measure_ours, measure_ref, peak_tflops
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-# (preset, batch, precision, simulated CPU devices) measured once each, beyond the seed/32 rounds.
-CPU_MATRIX = [("tiny", 32, "fp32", 1), ("tiny", 128, "fp32", 1), ("seed", 16, "fp32", 1),
-              ("seed", 64, "fp32", 1), ("seed", 64, "bf16", 1), ("seed", 32, "fp32", 2)]
-ACCELERATOR_MATRIX = [("tiny", 128, "fp32", 1), ("tiny", 128, "bf16", 1), ("seed", 64, "fp32", 1),
-                      ("seed", 64, "bf16", 1), ("seed", 256, "bf16", 1), ("seed", 1024, "bf16", 1)]
+# Measured in alternating rounds with seed_ref: (precision, devices) of the seed preset at batch 32.
+# Two CPU devices: the same host split in two, the batch data-parallel over them (JAX_NUM_CPU_DEVICES).
+ROUNDS = [("fp32", 1), ("bf16", 1), ("fp32", 2)]
+# (preset, batch, precision) measured once each, beyond the rounds.
+CPU_MATRIX = [("tiny", 32, "fp32"), ("tiny", 128, "fp32"), ("seed", 16, "fp32"), ("seed", 64, "fp32"),
+              ("seed", 64, "bf16")]
+ACCELERATOR_MATRIX = [("tiny", 128, "fp32"), ("tiny", 128, "bf16"), ("seed", 64, "fp32"), ("seed", 64, "bf16"),
+                      ("seed", 256, "bf16"), ("seed", 1024, "bf16")]
 
 
 def with_mfu(row: dict) -> dict:
@@ -73,29 +76,32 @@ def main(argv: list[str] | None = None) -> int:
     say = lambda *x: print(*x, flush=True)  # noqa: E731
     try:
         seed_ref_path()
-        rounds = {"fp32": [], "bf16": []}
+        rounds = {variant: [] for variant in ROUNDS}
         ref = []
-        say(f"seed preset, batch 32: jaxvae fp32, jaxvae bf16 and seed_ref (fp32), {a.rounds} alternating rounds")
+        say(f"seed preset, batch 32: jaxvae {', '.join(f'{p} on {d} device(s)' for p, d in ROUNDS)} and "
+            f"seed_ref (fp32), {a.rounds} alternating rounds")
         for r in range(a.rounds):
-            for precision in rounds:
-                rounds[precision].append(measure_ours("seed", 32, precision, steps=a.steps))
+            for precision, devices in list(rounds):
+                rounds[(precision, devices)].append(measure_ours("seed", 32, precision, a.steps, devices=devices))
+                if rounds[(precision, devices)][-1]["platform"] != "cpu":
+                    rounds.pop(("fp32", 2), None)  # several devices per host is a CPU-only experiment
             ref.append(measure_ref(32, steps=2 * a.steps))
-            say(f"  round {r + 1}: jaxvae fp32 {rounds['fp32'][-1]['images_per_s']:6.2f}  "
-                f"bf16 {rounds['bf16'][-1]['images_per_s']:6.2f}  seed_ref {ref[-1]['images_per_s']:6.2f} img/s")
-        platform = rounds["fp32"][0]["platform"]
+            say(f"  round {r + 1}: jaxvae " + "  ".join(
+                f"{p}/{d}dev {runs[-1]['images_per_s']:6.2f}" for (p, d), runs in rounds.items()) +
+                f"  seed_ref {ref[-1]['images_per_s']:6.2f} img/s")
+        platform = rounds[ROUNDS[0]][0]["platform"]
         matrix = CPU_MATRIX if platform == "cpu" else ACCELERATOR_MATRIX
-        rows = [with_mfu(median_row(rounds[p])) for p in rounds]
-        for preset, batch, precision, devices in matrix:
-            if devices > 1 and platform != "cpu":
-                continue
-            say(f"  {preset} batch {batch} {precision} on {devices} device(s)")
-            rows.append(with_mfu(measure_ours(preset, batch, precision, steps=a.steps, devices=devices)))
+        rows = [with_mfu(median_row(runs)) for runs in rounds.values()]
+        for preset, batch, precision in matrix:
+            say(f"  {preset} batch {batch} {precision}")
+            rows.append(with_mfu(measure_ours(preset, batch, precision, steps=a.steps)))
     except BenchError as e:
         print(f"run_all.py: error: {e}", file=sys.stderr)
         return 2
 
     ref_ips = float(np.median([r["images_per_s"] for r in ref]))
-    ratios = {p: float(np.median([o["images_per_s"] for o in rounds[p]])) / ref_ips for p in rounds}
+    ratios = {f"{p} {d} device(s)": float(np.median([o["images_per_s"] for o in runs])) / ref_ips
+              for (p, d), runs in rounds.items()}
     kind = rows[0]["device_kind"]
     result = {
         "device_kind": kind, "platform": platform,
@@ -115,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         f"bf16 {fmt(peak_tflops(kind, platform, 'bf16'), '.3f')} TFLOP/s")
     say(table(rows))
     say(f"seed_ref (the chapter's code), seed preset, batch 32, fp32: {ref_ips:.2f} img/s "
-        f"(median of {len(ref)}); jaxvae fp32 {ratios['fp32']:.2f}x, bf16 {ratios['bf16']:.2f}x")
+        f"(median of {len(ref)}); jaxvae " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
     say(f"wrote {path}")
     return 0
 

@@ -4,8 +4,9 @@
 
 Compiles the step once (timed), runs two warm-up steps, then `windows` timed windows of `steps`
 steps each and reports the median window: on a shared machine one window can be hit by someone
-else's job. With several devices (e.g. XLA_FLAGS=--xla_force_host_platform_device_count=2) the
-step runs data-parallel over all of them, exactly as `jaxvae train` does.
+else's job. CPU-seconds per step (all threads) is reported too: it moves less with the load.
+With several devices (e.g. JAX_NUM_CPU_DEVICES=2 on a CPU) the step runs data-parallel over all
+of them, exactly as `jaxvae train` does.
 """
 
 from __future__ import annotations
@@ -51,13 +52,14 @@ def main() -> None:
     for _ in range(2):
         state, metrics = step(state, x)
     jax.block_until_ready(metrics)
-    times = []
+    times, cpu = [], []
     for _ in range(a.windows):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(a.steps):
             state, metrics = step(state, x)
         jax.block_until_ready(metrics)
         times.append((time.perf_counter() - t0) / a.steps)
+        cpu.append((time.process_time() - c0) / a.steps)
     loss = float(jax.device_get(metrics["loss"]))
     assert np.isfinite(loss), loss
 
@@ -68,7 +70,8 @@ def main() -> None:
         "preset": a.preset, "batch": a.batch, "precision": a.precision,
         "platform": device.platform, "device_kind": device.device_kind, "devices": len(jax.devices()),
         "images_per_s": a.batch / dt, "step_ms": dt * 1000, "window_step_ms": [t * 1000 for t in times],
-        "compile_s": compile_s, "flops_per_step": flops * len(jax.devices()),  # cost analysis is per device
+        "cpu_s_per_step": float(np.median(cpu)), "compile_s": compile_s,
+        "flops_per_step": flops * len(jax.devices()),  # XLA's cost analysis counts one device's share
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device_peak_mb": stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else None,
     }))

@@ -1,7 +1,7 @@
 """jaxvae's train step beside the chapter's code, in one run, as a ratio of images/s.
 
     .venv/bin/python benchmarks/train_step.py [--preset seed] [--batch 32] [--precision fp32]
-                                              [--rounds 3] [--steps 6] [--devices 1] [--json FILE]
+                                              [--rounds 5] [--steps 6] [--devices 1] [--json FILE]
 
 The chapter's model in linen (../shared/bench/seed_ref.py, relative to the repository root) and
 jaxvae's `seed` preset are timed alternately, each in a fresh process, `rounds` times; the ratio
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="seed")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=6, help="timed steps per window (3 windows for jaxvae)")
     p.add_argument("--devices", type=int, default=1, help="simulated CPU devices for jaxvae (data-parallel)")
     p.add_argument("--json", help="also write the result here")
