@@ -32,7 +32,7 @@ report-check: $(STAMP)
 	$(BIN)/python scripts/report_check.py $(RUN)/report.html --screenshot $(patsubst %/,%,$(RUN))-report.png
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/train_step.py
+	$(BIN)/python benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

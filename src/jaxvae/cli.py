@@ -38,6 +38,12 @@ class TrainArgs:
     """No progress bar or log lines."""
     tensorboard: bool = False
     """Also write TensorBoard event files to OUT/tensorboard (needs the tensorboardX extra)."""
+    coordinator: str = ""
+    """Multi-host: HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS); empty for one process."""
+    num_processes: int = 0
+    """Multi-host: number of processes (or JAX_NUM_PROCESSES)."""
+    process_id: int = -1
+    """Multi-host: this process's index, 0 first (or JAX_PROCESS_ID)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +93,7 @@ class InterpolateArgs:
 
 
 def run_train(argv: list[str]) -> int:
+    from jaxvae import parallel
     from jaxvae.resilience import resume_config
     from jaxvae.train import train
 
@@ -94,6 +101,7 @@ def run_train(argv: list[str]) -> int:
     argv = expand_decoder_std(argv)
     base = resume_config(resume, preset=_flag(argv, "--preset"), out=_flag(argv, "--out")) if resume else preset(name)
     args = _parse(TrainArgs, argv, default=TrainArgs(config=base, preset=name), prog="train")
+    parallel.initialize(args.coordinator, args.num_processes, args.process_id)
     train(args.config, args.resume or args.out, overwrite=args.overwrite, quiet=args.quiet,
           resume=args.resume is not None, tensorboard=args.tensorboard)
     return 0

@@ -27,7 +27,7 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from jaxvae import data as data_lib
-from jaxvae import resilience
+from jaxvae import parallel, resilience
 from jaxvae import run as run_lib
 from jaxvae.checkpoint import Checkpointer
 from jaxvae.config import Config
@@ -59,7 +59,7 @@ def init_state(c: Config) -> tuple[nnx.GraphDef, dict]:
     }
     # Committed to the device like a restored checkpoint, so that resuming or rolling back
     # reuses the compiled step instead of compiling it again for a different placement.
-    return graphdef, jax.device_put(state, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    return graphdef, jax.device_put(state, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
 
 
 def make_train_step(graphdef: nnx.GraphDef, c: Config):
@@ -146,15 +146,22 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
     if resume:  # check before anything is loaded or written
         run_dir, saved = run_lib.open_run(out)
         resilience.check_resumable(run_dir, saved, c)
-    tb = TensorBoard(tensorboard)  # before anything is written: a missing tensorboardX fails here
+    writer = parallel.is_writer()  # process 0 alone writes metrics, pictures and the report
+    quiet = quiet or not writer
+    tb = TensorBoard(tensorboard and writer)  # before anything is written: a missing tensorboardX fails here
     dataset = data_lib.load_dataset(c)
-    iterator = vectors.VectorBatches if dataset.kind == "vectors" else data_lib.BatchIterator
-    batches = iterator(dataset.train, c.batch_size, seed=c.seed, flip=c.flip)
+    mesh = parallel.data_mesh()  # every device of every process; the batch is sharded over them
+    if dataset.kind == "vectors":
+        batches = vectors.VectorBatches(dataset.train, c.batch_size, seed=c.seed, flip=c.flip)
+    else:
+        batches = parallel.make_batches(dataset.train, c.batch_size, c.seed, c.flip, mesh)
     if not resume:
-        run_dir = run_lib.create(out, c, overwrite)
+        run_dir = run_lib.create(out, c, overwrite) if writer else Path(out)
+    parallel.barrier("run directory created")
     tb.open(run_dir)
 
     graphdef, fresh = init_state(c)
+    fresh = parallel.replicate(fresh, mesh)  # the state whole on every device; batches are sharded
     train_step, eval_step = make_train_step(graphdef, c), make_eval_step(graphdef, c)
     ckpt = Checkpointer(run_dir, keep=c.keep)
     bar = _progress(c, quiet)
@@ -164,6 +171,7 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
         with resilience.StopSignals() as stop:
             if resume:
                 state, step = resilience.resume(ckpt, run_dir, c, fresh, batches, say)
+                state = parallel.replicate(state, mesh)
                 record = (run_lib.read_metrics(run_dir) or [{}])[-1]
                 bar.update(step)
             start_step = step
@@ -183,6 +191,7 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
                 if ((is_log or is_save or stop.received or step % c.max_bad_steps == 0)
                         and int(state["bad_streak"]) >= c.max_bad_steps):
                     state, step = resilience.roll_back(ckpt, run_dir, state, step, fresh)
+                    state = parallel.replicate(state, mesh)
                     bar.reset(total=c.steps)
                     bar.update(step)
                     continue
@@ -194,7 +203,8 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
                     if is_eval:
                         record.update(validation_metrics(eval_step, state["params"], dataset.val, c, dataset.kind))
                         _report(record, c, bar, quiet)
-                    run_lib.append_metrics(run_dir, record)
+                    if writer:
+                        run_lib.append_metrics(run_dir, record)
                     tb.scalars(step, record)
                     bar.set_postfix(loss=f"{record['loss']:.1f}", kl=f"{record['kl_loss']:.1f}",
                                     img_s=f"{record['images_per_s']:.0f}")
@@ -218,13 +228,18 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
             tb.close()
 
     train_seconds = time.perf_counter() - t_start
-    summary = finish(run_dir, c, graphdef, state["params"], dataset, record)
+    if not writer:  # process 0 alone writes the pictures, the summary and the report
+        return {"steps": c.steps, "process_index": jax.process_index()}
+    summary = finish(run_dir, c, graphdef, parallel.host_copy(state["params"]), dataset, record)
     summary.update(wall_time_s=train_seconds, compile_s=compile_s or 0.0,
                    images_per_s=float(np.median(rates)) if rates else 0.0,
                    resumed_from_step=start_step if resume else None)
     run_lib.write_json(run_dir / run_lib.SUMMARY, summary)
     tb.images(c.steps, {name.removesuffix(".png"): run_dir / name for name in run_lib.PICTURES})
-    _write_report(run_dir)
+    if jax.process_count() == 1:
+        _write_report(run_dir)
+    else:  # loading the run for the report is an Orbax restore, which would wait for the other processes
+        say(f"multi-process run: write its report with `jaxvae report {run_dir}`")
     say(f"trained {c.steps} steps in {train_seconds:.1f} s ({summary['images_per_s']:.0f} img/s); "
         f"val reconstruction MSE {summary['reconstruction_mse']:.4f}; wrote {run_dir}")
     return summary
