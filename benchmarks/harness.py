@@ -1,9 +1,9 @@
-"""What the benchmarks share: one measured train step, the chapter's reference beside it, peaks.
+"""What the benchmarks share: one measured train step in its own process, peak FLOP rates.
 
-Every measurement runs in its own subprocess (a fresh JAX, XLA_FLAGS set before it starts, an
+Every measurement runs in its own subprocess (a fresh JAX, its device count set before it starts, an
 honest peak RSS), and prints one JSON line. `measure_ours` times jaxvae's jitted train step on
-random images in [-1, 1] (the data pipeline is benchmarked apart, in data.py); `measure_ref`
-runs ../shared/bench/seed_ref.py, the chapter's model in linen, as it is.
+random images in [-1, 1] (the data pipeline is benchmarked apart, in data.py). interleave.py
+times it beside ../shared/bench/seed_ref.py, the chapter's model in linen, in one process.
 
 MFU = (FLOPs of one compiled step, from XLA's cost analysis) / (step time) / (peak of the device
 at that precision), with the peaks in PEAK_TFLOPS below.
@@ -102,19 +102,3 @@ def measure_ours(preset: str, batch: int, precision: str = "fp32", steps: int = 
            "--batch", str(batch), "--precision", precision, "--steps", str(steps), "--windows", str(windows)]
     lines = [ln for ln in _run(cmd, env).splitlines() if ln.startswith("{")]
     return json.loads(lines[-1])
-
-
-def measure_ref(batch: int, steps: int = 6, dtype: str = "float32") -> dict:
-    """The chapter's code, as it is: `seed_ref.py --batch B --steps N --dtype D` in a fresh process."""
-    import resource
-
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    out = _run([sys.executable, str(seed_ref_path()), "--batch", str(batch), "--steps", str(steps),
-                "--dtype", dtype])
-    match = re.search(r"images_per_s=([\d.]+) step_ms=([\d.]+) compile_s=([\d.]+)", out)
-    if not match:
-        raise BenchError(f"seed_ref.py printed no timing line: {out.strip()[-200:]!r}")
-    ips, ms, compile_s = map(float, match.groups())
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"images_per_s": ips, "step_ms": ms, "compile_s": compile_s,
-            "peak_rss_mb": rss / 1024 if rss > before else None}

@@ -100,8 +100,10 @@ def replicate(tree, mesh: Mesh):
     sharding = replicated(mesh)
 
     def put(x):
-        x = np.asarray(x) if not isinstance(x, jax.Array) or x.is_fully_addressable else x
-        return jax.make_array_from_callback(np.shape(x), sharding, lambda index: x[index])
+        if isinstance(x, jax.Array) and x.sharding == sharding:
+            return x
+        x = np.asarray(x)  # this process's copy (all processes hold the same values)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
     return jax.tree.map(put, tree)
 
@@ -227,6 +229,10 @@ class Batches:
         self.stream.set_state(state)
         self._next, self._state = None, self.stream.get_state()
 
+    def close(self) -> None:
+        """Stop grain's prefetch thread (it also stops when the iterator is garbage-collected)."""
+        self.stream.iterator.close()
+
 
 class DeviceBatches:
     """Global batches gathered on the devices from a uint8 training set kept there, replicated.
@@ -258,6 +264,9 @@ class DeviceBatches:
 
     def set_state(self, state: dict) -> None:
         self.stream.set_state(state)
+
+    def close(self) -> None:
+        self.stream.iterator.close()
 
 
 def _gather_flip_scale(images: jax.Array, levels: jax.Array, index: jax.Array, mirror: jax.Array) -> jax.Array:
