@@ -29,7 +29,7 @@ from jax.experimental.compilation_cache import compilation_cache
 from orbax.checkpoint._src.handlers import json_checkpoint_handler
 
 import jaxvae
-from jaxvae import cli
+from jaxvae import cli, parallel
 from jaxvae import data as data_lib
 from jaxvae import run as run_lib
 from jaxvae import train as train_lib
@@ -62,7 +62,7 @@ def small_dataset(c: Config):
     return dataclasses.replace(full, train=full.train[:TRAIN_IMAGES], val=full.val[:VAL_IMAGES])
 
 
-REAL_LOAD, REAL_BATCHES = data_lib.load_dataset, data_lib.BatchIterator
+REAL_LOAD, REAL_BATCHES = data_lib.load_dataset, parallel.make_batches
 
 
 def no_pictures(run_dir, c, graphdef, params, dataset, last) -> dict:
@@ -103,15 +103,28 @@ def final_digests(run: Path, step: int) -> dict:
 
 
 def hooked_batches(actions: dict):
-    """A BatchIterator that calls actions[n](batch) on its n-th batch (counting from 1)."""
+    """parallel.make_batches (what training draws its batches from), with actions[n](batch)
+    applied to the n-th batch (counting from 1)."""
 
-    class Hooked(data_lib.BatchIterator):
+    class Hooked:
+        def __init__(self, inner):
+            self.inner, self.calls = inner, 0
+
+        def __iter__(self):
+            return self
+
         def __next__(self):
-            x = super().__next__()
-            self.calls = getattr(self, "calls", 0) + 1
+            x = next(self.inner)
+            self.calls += 1
             return actions[self.calls](x) if self.calls in actions else x
 
-    return Hooked
+        def get_state(self):
+            return self.inner.get_state()
+
+        def set_state(self, state):
+            self.inner.set_state(state)
+
+    return lambda *args, **kwargs: Hooked(REAL_BATCHES(*args, **kwargs))
 
 
 def sigterm(x):
@@ -137,13 +150,13 @@ def test_reference_run_is_complete(reference):
 
 def test_sigterm_mid_epoch_saves_exits_and_resumes_bitwise_equal(reference, tmp_path, monkeypatch, capsys):
     run, handler_before = tmp_path / "run", signal.getsignal(signal.SIGTERM)
-    monkeypatch.setattr(data_lib, "BatchIterator", hooked_batches({7: sigterm}))  # step 7: epoch 2, batch 2
+    monkeypatch.setattr(parallel, "make_batches", hooked_batches({7: sigterm}))  # step 7: epoch 2, batch 2
     assert cli.main(["train", *MICRO_FLAGS, "--quiet", "--out", str(run)]) == 128 + signal.SIGTERM
     assert capsys.readouterr().err == (f"jaxvae: stopped by SIGTERM at step 7; checkpoint 7 saved. "
                                        f"Resume with: jaxvae train --resume {run}\n")
     assert Checkpointer(run, read_only=True).latest_step() == 7
     assert signal.getsignal(signal.SIGTERM) is handler_before  # ours is gone again
-    monkeypatch.setattr(data_lib, "BatchIterator", REAL_BATCHES)
+    monkeypatch.setattr(parallel, "make_batches", REAL_BATCHES)
     summary = train_lib.train(MICRO, run, quiet=True, resume=True)
     assert summary["resumed_from_step"] == 7
     assert comparable(run) == comparable(reference)
@@ -185,7 +198,7 @@ def test_kill_9_at_random_steps_in_subprocesses_then_resume(reference, tmp_path)
 def test_poisoned_batches_are_skipped_then_rolled_back(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     poison = {n: (lambda x: x * np.nan) for n in range(3, 8)}  # 5 NaN batches in a row
-    monkeypatch.setattr(data_lib, "BatchIterator", hooked_batches(poison))
+    monkeypatch.setattr(parallel, "make_batches", hooked_batches(poison))
     train_lib.train(MICRO, run, quiet=True)
     assert "rolled back to checkpoint 0 and halved the learning rate to 0.0005" in capsys.readouterr().err
     records = run_lib.read_metrics(run)
