@@ -6,6 +6,8 @@ Interface used by the rest of jaxvae:
       loaded into RAM; index them like arrays (int, slice or int array), or np.asarray() them.
   BatchIterator(images, batch_size, seed, flip)  an endless, resumable iterator of float32
       batches in [-1, 1]; get_state() / set_state() restore its exact position (data/pipeline.py).
+      Training draws through jaxvae.parallel.make_batches, which shards the same batches (same
+      order, same flips, bit for bit) over the devices of every process.
   to_model_range / to_uint8 convert between uint8 pixels and the model's [-1, 1].
 
 Modules: sources (what --data names, array readers), images (one file -> one array), prepare
