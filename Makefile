@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(BIN)/jaxvae train --preset tiny --data shapes --out runs/demo --overwrite
 
 test: $(STAMP)
-	@# headless Chromium for the report's browser test (tests/test_report_browser.py skips without it)
+	@# headless Chromium for the report's browser test (tests/test_report.py skips that test without it)
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
 		|| echo "chromium unavailable: browser test will skip"
 	$(BIN)/ruff check .
