@@ -139,7 +139,6 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
     only in resilience.RESUMABLE (e.g. more steps). SIGTERM/SIGINT save and raise Interrupted.
     """
     t_start = time.perf_counter()
-    say = (lambda *a, **k: None) if quiet else functools.partial(print, flush=True)
     if resume and overwrite:
         raise RunError("--resume continues a run and --overwrite replaces it: pass one of them")
     c = vectors.resolve_config(c)  # vector data: record D in the config, so the run rebuilds this model
@@ -148,6 +147,7 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
         resilience.check_resumable(run_dir, saved, c)
     writer = parallel.is_writer()  # process 0 alone writes metrics, pictures and the report
     quiet = quiet or not writer
+    say = (lambda *a, **k: None) if quiet else functools.partial(print, flush=True)
     tb = TensorBoard(tensorboard and writer)  # before anything is written: a missing tensorboardX fails here
     dataset = data_lib.load_dataset(c)
     mesh = parallel.data_mesh()  # every device of every process; the batch is sharded over them
