@@ -1,6 +1,6 @@
 """Precision bf16: matmuls in bf16, everything the optimiser and the user see stays fp32.
 
-Also the two exact rewrites of the fast path: the bf16 matmul's hand-written gradient against a
+Also the exact rewrites of the fast path: the matmul's hand-written gradient (both precisions) against a
 float64 closed form, and the encoder's last block computing the summary token alone.
 """
 
@@ -45,16 +45,20 @@ def _bf16(x):
     return np.asarray(jnp.asarray(x).astype(jnp.bfloat16).astype(jnp.float32), np.float64)
 
 
-def test_bf16_matmul_and_both_of_its_gradients_match_float64_on_bf16_rounded_operands():
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("k_in, n_out", [(8, 6), (6, 8)])  # both ways _weight_grad transposes
+def test_matmul_and_both_of_its_gradients_match_float64_on_rounded_operands(dtype, k_in, n_out):
     rng = np.random.default_rng(0)
-    x, k, g = (rng.normal(size=s).astype(np.float32) for s in [(2, 5, 8), (8, 6), (2, 5, 6)])
-    y, vjp = jax.vjp(model_lib._matmul_bf16, jnp.asarray(x), jnp.asarray(k))
-    dx, dk = vjp(jnp.asarray(g))
+    x, k, g = (rng.normal(size=s).astype(np.float32) for s in [(2, 5, k_in), (k_in, n_out), (2, 5, n_out)])
+    fwd_bwd = jax.jit(lambda x, k, g: (lambda y, vjp: (y, *vjp(g)))(*jax.vjp(
+        lambda x, k: model_lib._matmul(x, k, dtype), x, k)))
+    y, dx, dk = fwd_bwd(jnp.asarray(x), jnp.asarray(k), jnp.asarray(g))
     assert y.dtype == dx.dtype == dk.dtype == jnp.float32
-    # Operands rounded to bf16, products and sums exact (float64 here, fp32 accumulation there).
-    np.testing.assert_allclose(y, _bf16(x) @ _bf16(k), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(dx, _bf16(g) @ _bf16(k).T, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(dk, _bf16(x).reshape(-1, 8).T @ _bf16(g).reshape(-1, 6), rtol=1e-5, atol=1e-5)
+    # Operands rounded to `dtype`, products and sums exact (float64 here, fp32 accumulation there).
+    r = _bf16 if dtype == jnp.bfloat16 else (lambda a: np.asarray(a, np.float64))
+    np.testing.assert_allclose(y, r(x) @ r(k), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, r(g) @ r(k).T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dk, r(x).reshape(-1, k_in).T @ r(g).reshape(-1, n_out), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])

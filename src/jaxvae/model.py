@@ -48,50 +48,74 @@ def sincos_2d(dim: int, grid: int) -> np.ndarray:
     return emb[None].astype(np.float32)
 
 
-@jax.custom_vjp
-def _matmul_bf16(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """(..., K) @ (K, N) -> (..., N) fp32, with bf16 operands and fp32 accumulation.
+def _transposed(a: jax.Array) -> jax.Array:
+    """a (M,K) -> a^T (K,M), materialized row-major.
 
-    A custom VJP so that the two backward matmuls (input and kernel gradients) also take bf16
-    operands: autodiff of a bf16 dot with an fp32 result would feed them the fp32 cotangent, and
-    XLA then runs them in fp32. The kernel stays an fp32 parameter and gets an fp32 gradient.
+    The optimization barrier keeps XLA from folding the transpose back into the consuming dot, and
+    the transpose is taken with a unit axis because XLA's CPU backend converts a bf16 array to fp32
+    to transpose it as a 2-D one, and then runs the dot in fp32 too.
     """
-    return jnp.dot(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+    return jax.lax.optimization_barrier(a.T[..., None])[..., 0]
 
 
-def _matmul_bf16_fwd(x, kernel):
-    x16, k16 = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
+def _weight_grad(x: jax.Array, g: jax.Array) -> jax.Array:
+    """x^T g for x (M,K), g (M,N) -> (K,N), fp32: the kernel gradient, a contraction over the rows.
+
+    Both operands are row-major, so one must be transposed; left to itself XLA's CPU backend
+    transposes whichever it likes (often the bigger) or falls back to a slower matmul. Here the
+    smaller operand is transposed explicitly (see _transposed). GPU matmuls take transposed
+    operands as they are, so there it is the plain contraction.
+    """
+    if jax.default_backend() != "cpu":
+        return jnp.dot(x.T, g, preferred_element_type=jnp.float32)
+    if x.shape[1] <= g.shape[1]:
+        return jnp.dot(_transposed(x), g, preferred_element_type=jnp.float32)
+    return jax.lax.optimization_barrier(jnp.dot(_transposed(g), x, preferred_element_type=jnp.float32)).T
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _matmul(x: jax.Array, kernel: jax.Array, dtype) -> jax.Array:
+    """(..., K) @ (K, N) -> (..., N) fp32: operands in `dtype` (fp32 or bf16), fp32 accumulation.
+
+    A custom VJP for two reasons. With bf16, the two backward matmuls (input and kernel
+    gradients) also take bf16 operands: autodiff of a bf16 dot with an fp32 result would feed them
+    the fp32 cotangent, and XLA then runs them in fp32. And the kernel gradient is laid out for
+    the CPU backend's fast matmul (see _weight_grad). The kernel stays an fp32 parameter and gets
+    an fp32 gradient.
+    """
+    return jnp.dot(x.astype(dtype), kernel.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _matmul_fwd(x, kernel, dtype):
+    xc, kc = x.astype(dtype), kernel.astype(dtype)
     # The empty array carries x's dtype, which its gradient must have.
-    return jnp.dot(x16, k16, preferred_element_type=jnp.float32), (x16, k16, jnp.empty((0,), x.dtype))
+    return jnp.dot(xc, kc, preferred_element_type=jnp.float32), (xc, kc, jnp.empty((0,), x.dtype))
 
 
-def _matmul_bf16_bwd(residuals, g):
-    x16, k16, x_dtype = residuals
-    g16 = g.astype(jnp.bfloat16)  # (..., N)
-    dx = jnp.dot(g16, k16.T, preferred_element_type=jnp.float32).astype(x_dtype.dtype)  # (..., K)
-    dk = jnp.dot(x16.reshape(-1, x16.shape[-1]).T, g16.reshape(-1, g16.shape[-1]),
-                 preferred_element_type=jnp.float32)  # (K, N)
+def _matmul_bwd(dtype, residuals, g):
+    xc, kc, x_dtype = residuals
+    gc = g.astype(dtype)  # (..., N)
+    dx = jnp.dot(gc, kc.T, preferred_element_type=jnp.float32).astype(x_dtype.dtype)  # (..., K)
+    dk = _weight_grad(xc.reshape(-1, xc.shape[-1]), gc.reshape(-1, gc.shape[-1]))  # (K, N)
     return dx, dk
 
 
-_matmul_bf16.defvjp(_matmul_bf16_fwd, _matmul_bf16_bwd)
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
-def _bf16_dot_general(x, kernel, dimension_numbers, precision=None, preferred_element_type=None,
-                      out_sharding=None):
-    """nnx.Linear's dot_general for precision bf16 (Linear contracts x's last axis with kernel's first)."""
-    assert dimension_numbers == (((x.ndim - 1,), (0,)), ((), ())), dimension_numbers
-    return _matmul_bf16(x, kernel)
+def _dot_general(dtype):
+    """nnx.Linear's dot_general: _matmul in `dtype` (Linear contracts x's last axis with kernel's first)."""
+
+    def dot_general(x, kernel, dimension_numbers, precision=None, preferred_element_type=None, out_sharding=None):
+        assert dimension_numbers == (((x.ndim - 1,), (0,)), ((), ())), dimension_numbers
+        return _matmul(x, kernel, dtype)
+
+    return dot_general
 
 
 def _linear(d_in: int, d_out: int, dtype, rngs: nnx.Rngs) -> nnx.Linear:
     """A Linear with fp32 parameters, bias and output; its matmul takes bf16 operands when dtype is bf16."""
-    dot_general = _bf16_dot_general if dtype == jnp.bfloat16 else jax.lax.dot_general
-    return nnx.Linear(d_in, d_out, dot_general=dot_general, rngs=rngs)
-
-
-def _matmul(x: jax.Array, kernel: jax.Array, dtype) -> jax.Array:
-    return _matmul_bf16(x, kernel) if dtype == jnp.bfloat16 else jnp.dot(x, kernel)
+    return nnx.Linear(d_in, d_out, dot_general=_dot_general(dtype), rngs=rngs)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
@@ -133,19 +157,15 @@ class Block(nnx.Module):
         b, t, d = x.shape
         hd = d // self.heads
         h = self.ln1(x)
-        if queries is None:
-            # (B,T,3D) -> (B,T,3,H,D/H): already the (batch, seq, heads, head_dim) layout that
-            # dot_product_attention wants, so no transposes.
-            qkv = self.qkv(h).astype(self.dtype).reshape(b, t, 3, self.heads, hd)
-            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        else:  # queries from the first n tokens only; keys and values from all T
+        if queries is not None:  # queries from the first n tokens only; keys and values from all T
             x, t = x[:, :queries], queries
-            q = self.qkv(h[:, :queries])[..., :d]  # (B,n,D), the query third of the projection
-            kernel, bias = self.qkv.kernel[...], self.qkv.bias[...]
-            kv = _matmul(h, kernel[:, d:], self.dtype) + bias[d:]  # (B,T,2D)
-            q = q.astype(self.dtype).reshape(b, t, self.heads, hd)
-            kv = kv.astype(self.dtype).reshape(b, -1, 2, self.heads, hd)  # (B,T,2,H,D/H)
-            k, v = kv[:, :, 0], kv[:, :, 1]
+        # Three matmuls on thirds of the fused kernel, not one sliced afterwards: the backward pass
+        # then gets three separate cotangents instead of assembling one (B,T,3D) gradient.
+        kernel, bias = self.qkv.kernel[...], self.qkv.bias[...]
+        q, k, v = (_matmul(inp, kernel[:, i * d:(i + 1) * d], self.dtype) + bias[i * d:(i + 1) * d]
+                   for i, inp in enumerate((h[:, :t], h, h)))
+        # (B,T,D) -> (B,T,H,D/H): the (batch, seq, heads, head_dim) layout dot_product_attention wants.
+        q, k, v = (a.astype(self.dtype).reshape(b, -1, self.heads, hd) for a in (q, k, v))
         y = attention(q, k, v)  # (B,t,H,D/H), softmax in fp32
         x = x + self.proj(y.reshape(b, t, d))
         return x + self.fc2(jax.nn.gelu(self.fc1(self.ln2(x))))
