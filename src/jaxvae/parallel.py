@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 
-import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,6 +32,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxvae.config import ConfigError
+from jaxvae.data.pipeline import BatchIterator
 
 AXIS = "data"
 # The training set is kept on an accelerator when it takes at most this fraction of its memory.
@@ -137,65 +137,6 @@ def device_memory_bytes(device=None) -> int | None:
 
 # --- feeding the devices ------------------------------------------------------------------
 
-def _seeds(seed: int) -> tuple[int, int]:
-    from jaxvae.data import pipeline
-
-    return pipeline._seeds(seed)  # the very seeds of data.BatchIterator: the same order and flips
-
-
-class _Draw(grain.transforms.RandomMap):
-    """(B,) shuffled indices -> this process's rows: sorted indices and flips, maybe the images.
-
-    The draws are those of data.pipeline's gather, over the whole global batch, so that the rows
-    of all processes put together are exactly the single-process batch.
-    """
-
-    def __init__(self, images, flip: bool, rows: slice, gather: bool):
-        self.images, self.flip, self.rows, self.gather = images, flip, rows, gather
-
-    def random_map(self, indices: np.ndarray, rng: np.random.Generator):
-        order = np.sort(indices)  # (B,)
-        mirror = rng.random(len(order)) < 0.5 if self.flip else np.zeros(len(order), bool)  # (B,)
-        order, mirror = order[self.rows], mirror[self.rows]
-        if not self.gather:
-            return {"index": order.astype(np.int32), "mirror": mirror}
-        batch = np.asarray(self.images[order])  # (B_local, S, S, C) uint8
-        pixels = batch.view(np.dtype((np.void, batch.shape[-1])))  # whole pixels, as data.pipeline
-        pixels[mirror] = pixels[mirror, :, ::-1]
-        out = np.empty(batch.shape, np.float32)
-        np.divide(batch, np.float32(127.5), out=out, dtype=np.float32)
-        out -= 1.0
-        return out
-
-
-class _Stream:
-    """The grain stream of global batches, cut to this process's rows; resumable like BatchIterator."""
-
-    def __init__(self, images, batch_size: int, seed: int, flip: bool, rows: slice, gather: bool):
-        from jaxvae.data.pipeline import PREFETCH_BATCHES
-
-        if len(images) < batch_size:
-            raise ConfigError(f"batch_size {batch_size} is larger than the dataset ({len(images)} images)")
-        self.identity = {"images": len(images), "batch_size": batch_size, "seed": seed, "flip": flip}
-        shuffle_seed, flip_seed = _seeds(seed)
-        stream = (grain.MapDataset.range(len(images)).shuffle(seed=shuffle_seed).repeat()
-                  .batch(batch_size, drop_remainder=True)
-                  .random_map(_Draw(images, flip, rows, gather), seed=flip_seed))
-        read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=PREFETCH_BATCHES)
-        self.iterator = iter(stream.to_iter_dataset(read))
-
-    def get_state(self) -> dict:
-        # The global position: the same on every process, so process 0's copy resumes them all.
-        return {"grain": self.iterator.get_state(), **self.identity}
-
-    def set_state(self, state: dict) -> None:
-        saved = {k: state.get(k) for k in self.identity}
-        if saved != self.identity:
-            raise ConfigError(f"cannot resume the data order: the checkpoint's iterator was for {saved}, "
-                              f"this run's is for {self.identity} (did the data change?)")
-        self.iterator.set_state(state["grain"])
-
-
 class Batches:
     """Global batches sharded over the mesh, from this process's host-gathered rows.
 
@@ -206,11 +147,11 @@ class Batches:
     def __init__(self, images, batch_size: int, seed: int, flip: bool, mesh: Mesh):
         check_batch(batch_size, mesh)
         self.batch_size, self.mesh = batch_size, mesh
-        self.stream = _Stream(images, batch_size, seed, flip, local_rows(batch_size, mesh), gather=True)
+        self.stream = BatchIterator(images, batch_size, seed, flip, rows=local_rows(batch_size, mesh))
         self._next, self._state = None, self.stream.get_state()
 
     def _put(self) -> jax.Array:
-        return shard_batch(next(self.stream.iterator), self.batch_size, self.mesh)
+        return shard_batch(next(self.stream), self.batch_size, self.mesh)
 
     def __iter__(self):
         return self
@@ -231,7 +172,7 @@ class Batches:
 
     def close(self) -> None:
         """Stop grain's prefetch thread (it also stops when the iterator is garbage-collected)."""
-        self.stream.iterator.close()
+        self.stream.close()
 
 
 class DeviceBatches:
@@ -245,7 +186,7 @@ class DeviceBatches:
         check_batch(batch_size, mesh)
         self.batch_size, self.mesh = batch_size, mesh
         # Every process draws the whole (B,) index batch: the devices' gather is sharded by jit.
-        self.stream = _Stream(images, batch_size, seed, flip, slice(None), gather=False)
+        self.stream = BatchIterator(images, batch_size, seed, flip, gather=False)
         self.images = replicate(np.asarray(images), mesh)  # (N, S, S, C) uint8 on every device
         # uint8 -> [-1, 1] by table lookup: the host's numpy values bit for bit (XLA may fuse
         # x / 127.5 - 1 into a multiply-add that rounds differently).
@@ -256,7 +197,7 @@ class DeviceBatches:
         return self
 
     def __next__(self) -> jax.Array:
-        draw = next(self.stream.iterator)
+        draw = next(self.stream)
         return self._gather(self.images, self.levels, draw["index"], draw["mirror"])
 
     def get_state(self) -> dict:
@@ -266,7 +207,7 @@ class DeviceBatches:
         self.stream.set_state(state)
 
     def close(self) -> None:
-        self.stream.iterator.close()
+        self.stream.close()
 
 
 def _gather_flip_scale(images: jax.Array, levels: jax.Array, index: jax.Array, mirror: jax.Array) -> jax.Array:

@@ -38,20 +38,29 @@ def _seeds(seed: int) -> tuple[int, int]:
     return int(shuffle_seed), int(flip_seed)
 
 
-class _GatherBatch(grain.transforms.RandomMap):
-    """(B,) indices -> (B, S, S, C) float32 in [-1, 1], each image mirrored with probability 1/2."""
+class _Draw(grain.transforms.RandomMap):
+    """(B,) shuffled indices -> these rows of the batch: images, or the indices and flips to gather.
 
-    def __init__(self, images: np.ndarray, flip: bool):
-        self.images, self.flip = images, flip
+    The draws (sorted order, one flip per image) are made over the whole global batch and then
+    cut to `rows`, so the rows of all processes put together are exactly the single-process batch.
+    gather: (B_rows, S, S, C) float32 in [-1, 1], each image mirrored with probability 1/2; else
+    {"index": (B_rows,) int32, "mirror": (B_rows,) bool} for a gather on the devices.
+    """
 
-    def random_map(self, indices: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        batch = np.asarray(self.images[np.sort(indices)])  # (B, S, S, C) uint8, a copy
-        if self.flip:
-            mirror = rng.random(len(batch)) < 0.5  # (B,)
-            # Reverse whole pixels: viewed as one C-byte item each, the copy runs along the width
-            # instead of along 3 channels at a time (~2x faster than batch[m, :, ::-1]).
-            pixels = batch.view(np.dtype((np.void, batch.shape[-1])))  # (B, S, S, 1)
-            pixels[mirror] = pixels[mirror, :, ::-1]  # axis 2 is width
+    def __init__(self, images, flip: bool, rows: slice, gather: bool):
+        self.images, self.flip, self.rows, self.gather = images, flip, rows, gather
+
+    def random_map(self, indices: np.ndarray, rng: np.random.Generator):
+        order = np.sort(indices)  # (B,)
+        mirror = rng.random(len(order)) < 0.5 if self.flip else np.zeros(len(order), bool)  # (B,)
+        order, mirror = order[self.rows], mirror[self.rows]
+        if not self.gather:
+            return {"index": order.astype(np.int32), "mirror": mirror}
+        batch = np.asarray(self.images[order])  # (B_rows, S, S, C) uint8, a copy
+        # Reverse whole pixels: viewed as one C-byte item each, the copy runs along the width
+        # instead of along 3 channels at a time (~2x faster than batch[m, :, ::-1]).
+        pixels = batch.view(np.dtype((np.void, batch.shape[-1])))  # (B_rows, S, S, 1)
+        pixels[mirror] = pixels[mirror, :, ::-1]  # axis 2 is width
         out = np.empty(batch.shape, np.float32)
         np.divide(batch, np.float32(127.5), out=out, dtype=np.float32)
         out -= 1.0  # bit-identical to to_model_range(batch), without its temporaries
@@ -67,9 +76,13 @@ class BatchIterator:
       batch_size: B.
       seed: fixes the order of every epoch and every flip.
       flip: mirror each image left-right with probability 1/2 (for training batches only).
+      rows: which rows of every batch to yield (a process's share of a global batch; all of them
+        by default). The order, the flips and the state are those of the whole batch.
+      gather: False yields the indices and flips instead of the images (see _Draw).
     """
 
-    def __init__(self, images: np.ndarray, batch_size: int, seed: int, flip: bool = False):
+    def __init__(self, images: np.ndarray, batch_size: int, seed: int, flip: bool = False,
+                 rows: slice = slice(None), gather: bool = True):
         if len(images) < batch_size:
             raise ConfigError(f"batch_size {batch_size} is larger than the dataset ({len(images)} images)")
         self.images, self.batch_size, self.seed, self.flip = images, batch_size, seed, flip
@@ -78,7 +91,7 @@ class BatchIterator:
                    .shuffle(seed=shuffle_seed)
                    .repeat()
                    .batch(batch_size, drop_remainder=True)
-                   .random_map(_GatherBatch(images, flip), seed=flip_seed))
+                   .random_map(_Draw(images, flip, rows, gather), seed=flip_seed))
         # One thread: the numpy work releases the GIL, and more threads only contend on 2 cores.
         read = grain.ReadOptions(num_threads=1, prefetch_buffer_size=PREFETCH_BATCHES)
         self._iterator = iter(batches.to_iter_dataset(read))
@@ -86,15 +99,16 @@ class BatchIterator:
     def __iter__(self):
         return self
 
-    def __next__(self) -> np.ndarray:
-        return next(self._iterator)  # (B, S, S, C) float32
+    def __next__(self) -> np.ndarray | dict:
+        return next(self._iterator)  # (B, S, S, C) float32, or (B,) indices and flips
 
     def _identity(self) -> dict:
         return {"images": len(self.images), "batch_size": self.batch_size, "seed": self.seed,
                 "flip": self.flip}
 
     def get_state(self) -> dict:
-        """grain's iterator state, with what it is only valid for. JSON-serialisable."""
+        """grain's iterator state (the global position, the same in every process), with what it is
+        only valid for. JSON-serialisable."""
         return {"grain": self._iterator.get_state(), **self._identity()}
 
     def set_state(self, state: dict) -> None:
