@@ -13,8 +13,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import tyro
 from flax import nnx
@@ -35,33 +33,10 @@ def _posterior(model, x):
     return q.mean, q.log_std
 
 
-@nnx.jit
-def _decode_mean(model, z):
-    return model.decode(z).mean
-
-
-def _batched(fn, model, x: np.ndarray):
-    """fn(model, x) over x in chunks whose size is a power of two (the tail zero-padded), so the
-    handful of calls a report makes compile once or twice instead of once per batch size."""
-    size = min(sample_lib.CHUNK, 1 << max(0, len(x) - 1).bit_length())
-    outs = []
-    for i in range(0, len(x), size):
-        chunk = np.asarray(x[i:i + size], np.float32)
-        n = len(chunk)
-        chunk = np.concatenate([chunk, np.zeros((size - n, *chunk.shape[1:]), np.float32)])
-        outs.append(jax.tree.map(lambda a, n=n: np.asarray(a)[:n], fn(model, jnp.asarray(chunk))))
-    return jax.tree.map(lambda *parts: np.concatenate(parts), *outs)
-
-
 def posterior(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(B,S,S,C) in [-1,1] -> (mean, log_std) of q(z|x), each (B,Z) float64 numpy."""
-    mean, log_std = _batched(_posterior, model, x)
+    mean, log_std = sample_lib.batched(_posterior, model, x)
     return mean.astype(np.float64), log_std.astype(np.float64)
-
-
-def decode_mean(model, z: np.ndarray) -> np.ndarray:
-    """(B,Z) -> (B,S,S,C) decoder means (as sample.decode_mean, with power-of-two batches)."""
-    return _batched(_decode_mean, model, z)
 
 
 def kl_per_dim(mean: np.ndarray, log_std: np.ndarray) -> np.ndarray:
@@ -128,7 +103,7 @@ def traverse(model, x: np.ndarray, dims, steps: int = STEPS, span: float = SPAN)
     values = np.linspace(-span, span, steps)
     z0 = posterior(model, np.asarray(x, np.float32)[None])[0][0]
     z = traversal_latents(z0, dims, values)  # (D,T,Z)
-    images = decode_mean(model, z.reshape(-1, z.shape[-1]))
+    images = sample_lib.decode_mean(model, z.reshape(-1, z.shape[-1]))
     return images.reshape(len(z), steps, *images.shape[1:]), values
 
 

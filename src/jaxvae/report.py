@@ -242,7 +242,7 @@ def _pictures(page: Page, config: Config, model, step: int, val: np.ndarray) -> 
         t = np.linspace(0, 1, PER_ROW)
         wanted["latent lerp"] = sample.lerp(mean[0], mean[1], t)
         wanted["latent slerp"] = sample.slerp(mean[0], mean[1], t)
-    decoded = latents.decode_mean(model, np.concatenate(list(wanted.values())))
+    decoded = sample.decode_mean(model, np.concatenate(list(wanted.values())))
     ends = np.cumsum([len(z) for z in wanted.values()])
     out = dict(zip(wanted, np.split(decoded, ends[:-1]), strict=True))
 

@@ -24,18 +24,28 @@ def _decode_mean(model, z):
     return model.decode(z).mean
 
 
-def _chunked(fn, model, x) -> np.ndarray:
-    return np.concatenate([np.asarray(fn(model, jnp.asarray(x[i:i + CHUNK]))) for i in range(0, len(x), CHUNK)])
+def batched(fn, model, x: np.ndarray):
+    """fn(model, x) over x in chunks whose size is a power of two (at most CHUNK, the tail
+    zero-padded), so that any number of inputs compiles fn for a handful of batch sizes only.
+    fn must treat rows independently (the models do); its outputs (a pytree) come back as numpy."""
+    size = min(CHUNK, 1 << max(0, len(x) - 1).bit_length())
+    outs = []
+    for i in range(0, len(x), size):
+        chunk = np.asarray(x[i:i + size], np.float32)
+        n = len(chunk)
+        chunk = np.concatenate([chunk, np.zeros((size - n, *chunk.shape[1:]), np.float32)])
+        outs.append(jax.tree.map(lambda a, n=n: np.asarray(a)[:n], fn(model, jnp.asarray(chunk))))
+    return jax.tree.map(lambda *parts: np.concatenate(parts), *outs)
 
 
 def encode_mean(model, x: np.ndarray) -> np.ndarray:
     """(B,S,S,C) -> (B,Z) posterior means."""
-    return _chunked(_posterior_mean, model, x)
+    return batched(_posterior_mean, model, x)
 
 
 def decode_mean(model, z: np.ndarray) -> np.ndarray:
     """(B,Z) -> (B,S,S,C) decoder means."""
-    return _chunked(_decode_mean, model, z)
+    return batched(_decode_mean, model, z)
 
 
 def reconstruct(model, x: np.ndarray) -> np.ndarray:
