@@ -80,7 +80,9 @@ def _reason(e: BaseException) -> str:
 class Checkpointer:
     """Save and restore a run's training state (a thin layer over ocp.CheckpointManager).
 
-    `read_only=True` (loading, sampling, evaluating) never writes to the run directory.
+    `read_only=True` (loading, sampling, evaluating) never writes to the run directory, and reads
+    on this process alone: in a multi-process run, process 0 loads the finished run for its report
+    while the others have already gone, so a read must not wait at a barrier for them.
     """
 
     def __init__(self, run_dir: Path, keep: int = 3, read_only: bool = False):
@@ -94,9 +96,12 @@ class Checkpointer:
             policies.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1,
                            keep_checkpoints_without_metrics=False),
         ])
+        me = jax.process_index()
+        alone = {"primary_host": me, "active_processes": {me}} if read_only else {}
         options = ocp.CheckpointManagerOptions(
             create=not read_only, read_only=read_only, preservation_policy=latest_and_best,
-            best_fn=lambda m: m["val_loss"], best_mode="min", save_root_metadata=not read_only)
+            best_fn=lambda m: m["val_loss"], best_mode="min", save_root_metadata=not read_only,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(**alone))
         try:
             self.manager = ocp.CheckpointManager(self.directory, options=options)
         except OSError as e:

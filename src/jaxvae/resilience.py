@@ -3,7 +3,7 @@ non-finite steps.
 
   resume        continue a run from its latest good checkpoint, exactly where it was
   StopSignals   SIGTERM / SIGINT set a flag; the loop saves and raises Interrupted
-  finite, keep_if   the non-finite guard used inside the jitted step
+  keep_if       the non-finite guard's select, used inside the jitted step
   roll_back     after --max-bad-steps skipped steps in a row: back to the last good checkpoint
                 with half the learning rate; the second time, stop with Diverged
 
@@ -131,12 +131,6 @@ def interrupted(stop: StopSignals, step: int, run_dir: Path) -> Interrupted:
 
 
 # --- the non-finite guard (inside jit) ----------------------------------------------------------
-def finite(tree) -> jax.Array:
-    """Scalar bool: every floating-point leaf of `tree` is finite."""
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
-
-
 def keep_if(ok: jax.Array, new, old):
     """`new` where ok, else `old`, leaf by leaf (a select, so a finite step is bitwise unchanged)."""
     return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
