@@ -221,6 +221,10 @@ def _report_check():
     return module
 
 
+# Chromium gets the DevTools pipe through pass_fds, so subprocess forks (then execs at once); JAX warns on any fork.
+BROWSER = pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")
+
+
 @pytest.fixture(scope="module")
 def chromium():
     check = _report_check()
@@ -230,6 +234,7 @@ def chromium():
     return check, binary
 
 
+@BROWSER
 def test_report_in_headless_chromium(trained, chromium, tmp_path):
     check, binary = chromium
     shot = tmp_path / "shot.png"
@@ -242,6 +247,7 @@ def test_report_in_headless_chromium(trained, chromium, tmp_path):
         assert im.width >= 1000 and im.height > 2000
 
 
+@BROWSER
 def test_the_browser_check_catches_a_broken_page(chromium, tmp_path):
     """The check itself must fail a page that fetches from the network and has an undecodable image."""
     check, binary = chromium
