@@ -31,7 +31,7 @@ def set_linear(model, w, mu, sigma, a, b, log_std) -> None:
     z = w.shape[1]
     model.decoder.embed.kernel[...] = jnp.asarray(w.T, jnp.float32)  # (Z, D)
     model.decoder.embed.bias[...] = jnp.asarray(mu, jnp.float32)
-    model.shared_raw_scale[...] = jnp.asarray(np.log(sigma), jnp.float32)
+    model.likelihood.raw_scale[...] = jnp.asarray(np.log(sigma), jnp.float32)
     kernel = np.zeros((w.shape[0], 2 * z))  # (D, 2Z): [mean | raw scale]
     kernel[:, :z] = a.T
     model.encoder.head.kernel[...] = jnp.asarray(kernel, jnp.float32)

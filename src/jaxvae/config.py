@@ -14,8 +14,8 @@ from typing import Any
 from PIL import ImageColor
 
 SCALE_PARAMETERIZATIONS = ("log_var", "log_std", "softplus")
-ARCHS = ("transformer", "mlp", "linear")
-LIKELIHOODS = ("gaussian", "bernoulli")
+ARCHS = ("transformer", "conv", "mlp", "linear")
+LIKELIHOODS = ("gaussian", "bernoulli", "logistic")
 SCALE_SHARINGS = ("per-dim", "shared")
 
 
@@ -63,17 +63,24 @@ class Config:
 
     # --- model ------------------------------------------------------------------------------
     arch: str = "transformer"
-    """transformer (the chapter's; images) | mlp (depth x hidden, GELU) | linear (affine: pPCA, shared sigma)."""
+    """transformer (the chapter's; images) | conv (ResNet; images) | mlp (depth x hidden, GELU) | linear
+    (affine: pPCA, shared sigma)."""
     patch_size: int = 8
-    """Side of the square patches the transformer sees; must divide image_size."""
+    """Side of the square patches the transformer sees; must divide image_size. conv: the stem's patch
+    side (1: a full-resolution stem; P > 1: the residual blocks run at S/P, see conv.py)."""
     hidden: int = 256
-    """Transformer width."""
+    """Transformer width; MLP hidden width; conv: the channels of the first level (times channel_mults)."""
     depth: int = 4
     """Transformer blocks in the encoder and in the decoder."""
     heads: int = 4
     """Attention heads; must divide hidden."""
     mlp_ratio: int = 4
     """MLP width as a multiple of hidden."""
+    channel_mults: str = "1,2,4"
+    """conv: channel multiplier per level, comma-separated; each level halves the side, so the image side
+    must be divisible by 2^levels."""
+    blocks: int = 1
+    """conv: residual blocks per level (in the encoder and in the decoder)."""
     z_dim: int = 64
     """Latent dimensions."""
     posterior_scale: str = "log_var"
@@ -89,7 +96,10 @@ class Config:
     decoder_scale_sharing: str = "per-dim"
     """Learned decoder sigma: per-dim (predicted from z; for linear a free vector) | shared (one scalar)."""
     likelihood: str = "gaussian"
-    """p(x|z): gaussian | bernoulli (logits, for binary data: pixels at -1 or 1, vectors at 0 or 1)."""
+    """p(x|z): gaussian | bernoulli (logits, for binary data: pixels at -1 or 1, vectors at 0 or 1) |
+    logistic (discretized logistic mixture over the 256 levels of 8-bit images)."""
+    mixtures: int = 1
+    """logistic: K logistics in the mixture of each pixel value."""
     precision: str = "fp32"
     """Matmul compute dtype: fp32 | bf16 (parameters and losses stay fp32)."""
 
@@ -129,6 +139,11 @@ class Config:
         return (self.image_size // self.patch_size) ** 2
 
     @property
+    def conv_mults(self) -> tuple[int, ...]:
+        """channel_mults parsed: (m_0, ..., m_{L-1})."""
+        return parse_mults(self.channel_mults)
+
+    @property
     def data_shape(self) -> tuple[int, ...]:
         """One example's shape: (data_dim,) for vector data, else (image_size, image_size, channels)."""
         return (self.data_dim,) if self.data_dim else (self.image_size, self.image_size, self.channels)
@@ -160,6 +175,17 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def parse_mults(text: str) -> tuple[int, ...]:
+    """"1,2,4" -> (1, 2, 4); ConfigError unless it is a comma-separated list of positive integers."""
+    try:
+        mults = tuple(int(part) for part in str(text).split(","))
+    except ValueError:
+        mults = ()
+    if not mults or min(mults) < 1:
+        raise ConfigError(f"channel_mults must be comma-separated positive integers such as 1,2,4; got {text!r}")
+    return mults
+
+
 def check_data_options(*, image_size: int, channels: int, data_range: str = "", background: str = "white",
                        on_bad_image: str = "skip", max_image_pixels: int = 1) -> None:
     """The data settings' checks, shared by `Config` and the `prepare` / `show-data` commands."""
@@ -182,7 +208,7 @@ def validate(c: Config) -> None:
     check_data_options(image_size=c.image_size, channels=c.channels, data_range=c.data_range,
                        background=c.background, on_bad_image=c.on_bad_image,
                        max_image_pixels=c.max_image_pixels)
-    for name in ("image_size", "channels", "patch_size", "hidden", "depth", "heads", "mlp_ratio",
+    for name in ("image_size", "channels", "patch_size", "hidden", "depth", "heads", "mlp_ratio", "blocks",
                  "z_dim", "batch_size", "steps", "log_every", "eval_every", "ckpt_every"):
         value = getattr(c, name)
         _check(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
@@ -192,8 +218,23 @@ def validate(c: Config) -> None:
                f"patch_size {c.patch_size} does not divide image_size {c.image_size}")
         _check(c.hidden % c.heads == 0, f"heads {c.heads} does not divide hidden {c.hidden}")
         _check(c.data_dim == 0, "vector data (data_dim > 0) needs --arch mlp or --arch linear, not transformer")
+    parse_mults(c.channel_mults)  # refused whatever the arch, so a typo never waits for --arch conv
+    if c.arch == "conv":
+        _check(c.data_dim == 0, "vector data (data_dim > 0) needs --arch mlp or --arch linear, not conv")
+        levels = len(c.conv_mults)
+        side = c.patch_size * 2**levels
+        _check(c.image_size % side == 0,
+               f"image_size {c.image_size} is not divisible by patch_size x 2^levels = {c.patch_size} x "
+               f"{2**levels} = {side}, as the conv's {levels} levels (channel_mults {c.channel_mults}) need; "
+               f"use fewer levels, a smaller --patch-size or another image size")
     _check(isinstance(c.data_dim, int) and c.data_dim >= 0, f"data_dim must be >= 0, got {c.data_dim!r}")
-    _check(c.likelihood in LIKELIHOODS, f"unknown likelihood {c.likelihood!r}: choose gaussian or bernoulli")
+    _check(c.likelihood in LIKELIHOODS, f"unknown likelihood {c.likelihood!r}: choose one of {', '.join(LIKELIHOODS)}")
+    _check(isinstance(c.mixtures, int) and c.mixtures >= 1, f"mixtures must be a positive integer, got {c.mixtures!r}")
+    _check(not (c.mixtures > 1 and c.likelihood != "logistic"), "--mixtures is for --likelihood logistic")
+    if c.likelihood == "logistic":
+        _check(c.data_dim == 0, "--likelihood logistic is for 8-bit images, not vector data")
+        _check(not c.dequantize, "--dequantize is for a gaussian likelihood; the discretized logistic already "
+                                 "gives each 8-bit value its probability")
     _check(c.decoder_scale_sharing in SCALE_SHARINGS,
            f"unknown decoder_scale_sharing {c.decoder_scale_sharing!r}: choose per-dim or shared")
     _check(isinstance(c.kl_warmup_steps, int) and c.kl_warmup_steps >= 0,

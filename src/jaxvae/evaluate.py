@@ -78,6 +78,10 @@ def bytes_per_sample(c: Config) -> int:
     if c.arch == "transformer":
         t, h = c.num_patches, c.hidden
         acts = t * h * (4 + 2 * c.mlp_ratio) + 2 * c.heads * t * t
+    elif c.arch == "conv":  # the widest level's activations, a few at a time (a block keeps ~4 live)
+        from jaxvae.conv import widths
+
+        acts = max(4 * (c.image_size // c.patch_size // 2**lvl) ** 2 * w for lvl, w in enumerate(widths(c)))
     elif c.arch == "mlp":
         acts = 4 * c.hidden
     else:
@@ -209,6 +213,8 @@ def _bits_per_dim_note(c: Config, binary: bool) -> tuple[bool, str]:
         if binary:
             return True, "bernoulli likelihood on binary images: bits per binary pixel"
         return False, "bernoulli likelihood on non-binary pixels: a cross-entropy, not a likelihood bound"
+    if c.likelihood == "logistic":
+        return True, "discretized logistic likelihood: a discrete NLL of the 8-bit values, no dequantization needed"
     if c.dequantize:
         return True, "trained and evaluated with uniform dequantization: a bound on the 8-bit NLL"
     return False, ("model trained without --dequantize: a density at the pixel values, not a bound on "
@@ -306,7 +312,8 @@ def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, 
     result["bits_per_dim_valid_bound"], result["bits_per_dim_note"] = False, "only for uint8 images"
     if eight_bit:
         d = result["dims"]
-        # Change of variables from [-1, 1] back to 0..255 pixel units: density / 127.5 per dim.
+        # A gaussian is a density on [-1, 1]: change variables back to 0..255 pixel units (density / 127.5
+        # per dim). bernoulli and logistic are already probabilities of the discrete values.
         offset = d * math.log(127.5) if c.likelihood == "gaussian" else 0.0
         to_bits = lambda nll: (nll + offset) / (d * math.log(2.0))
         result["bits_per_dim"] = _stat(to_bits(-per["iwae"]))

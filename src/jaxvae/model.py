@@ -13,9 +13,9 @@ take bf16 operands and accumulate in fp32.
            -> Dense per patch (B,N,P*P*2C) -> unpatchify (B,S,S,2C) -> mean, raw (B,S,S,C) each
 
 `arch` mlp / linear swap both for MLPEncoder / MLPDecoder over flattened examples, which is what
-vector data (B,F) uses; linear is the depth-0 case, one affine map each way. A decoder emits k
-values per output value (`decoder_channels`): a mean and a raw scale, or just a mean (fixed or
-shared sigma) or the logits of a bernoulli likelihood.
+vector data (B,F) uses; linear is the depth-0 case, one affine map each way. `arch` conv is the
+convolutional ResNet of conv.py. A decoder emits k values per output value, where the likelihood
+head (likelihoods.py) says what k is and turns them into p(x|z).
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxvae import likelihoods
 from jaxvae.config import Config
-from jaxvae.distributions import Bernoulli, DiagonalGaussian
+from jaxvae.conv import ConvDecoder, ConvEncoder
+from jaxvae.distributions import DiagonalGaussian
 
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 
@@ -199,12 +201,11 @@ class Encoder(nnx.Module):
 
 
 class Decoder(nnx.Module):
-    def __init__(self, c: Config, *, rngs: nnx.Rngs):
+    def __init__(self, c: Config, values_per_output: int, *, rngs: nnx.Rngs):
         dtype = DTYPES[c.precision]
         self.c = c
         self.grid = c.image_size // c.patch_size
-        self.learned_scale = decoder_channels(c) == 2
-        out_channels = 2 * c.channels if self.learned_scale else c.channels
+        out_channels = values_per_output * c.channels
         self.embed = nnx.Linear(c.z_dim, c.hidden, rngs=rngs)
         self.blocks = nnx.List([Block(c.hidden, c.heads, c.mlp_ratio, dtype, rngs=rngs) for _ in range(c.depth)])
         self.norm = nnx.LayerNorm(c.hidden, rngs=rngs)
@@ -220,13 +221,6 @@ class Decoder(nnx.Module):
         cc = out.shape[-1] // (p * p)
         out = out.reshape(b, g, g, p, p, cc).transpose(0, 1, 3, 2, 4, 5)  # (B, g, P, g, P, C')
         return out.reshape(b, g * p, g * p, cc)  # (B, S, S, C')
-
-
-def decoder_channels(c: Config) -> int:
-    """k, the values a decoder emits per output value: 2 (mean, raw scale) for a gaussian with a
-    learned per-dim sigma from the network; else 1 (a mean, or a bernoulli's logits)."""
-    per_dim = c.decoder_variance == "learned" and c.decoder_scale_sharing == "per-dim"
-    return 2 if c.likelihood == "gaussian" and per_dim and c.arch != "linear" else 1
 
 
 class MLPEncoder(nnx.Module):
@@ -250,65 +244,45 @@ class MLPEncoder(nnx.Module):
 class MLPDecoder(nnx.Module):
     """(B,Z) -embed-> depth x [Dense(hidden), GELU] -> Dense -> (B, *shape[:-1], k * shape[-1]).
 
-    arch linear: `embed` is the one affine map z -> W z + b, and a learned per-dim sigma is a free
-    parameter per output dimension (independent of z), so the model stays linear-Gaussian."""
+    arch linear: `embed` is the one affine map z -> W z + b (its sigma, if learned per dimension, is a
+    free parameter of the likelihood head, so the model stays linear-Gaussian)."""
 
-    def __init__(self, c: Config, *, rngs: nnx.Rngs):
-        self.shape, self.k = c.data_shape, decoder_channels(c)
+    def __init__(self, c: Config, values_per_output: int, *, rngs: nnx.Rngs):
+        self.shape, self.k = c.data_shape, values_per_output
         depth = 0 if c.arch == "linear" else c.depth
         widths = [c.z_dim] + [c.hidden] * depth + [self.k * int(np.prod(self.shape))]
         self.embed = nnx.Linear(widths[0], widths[1], rngs=rngs)
         self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[1:-1], widths[2:], strict=True)])
-        linear_per_dim = (c.arch == "linear" and c.likelihood == "gaussian" and c.decoder_variance == "learned"
-                          and c.decoder_scale_sharing == "per-dim")
-        self.raw_scale = nnx.Param(jnp.zeros(self.shape)) if linear_per_dim else None
 
     def __call__(self, z: jax.Array) -> jax.Array:
         h = self.embed(z)
         for layer in self.layers:
             h = layer(jax.nn.gelu(h))
-        out = h.reshape(z.shape[0], *self.shape[:-1], self.k * self.shape[-1])
-        if self.raw_scale is not None:  # [mean | raw] on the last axis, as the other decoders emit
-            out = jnp.concatenate([out, jnp.broadcast_to(self.raw_scale[...], out.shape)], axis=-1)
-        return out
+        return h.reshape(z.shape[0], *self.shape[:-1], self.k * self.shape[-1])
+
+
+BACKBONES = {"transformer": (Encoder, Decoder), "conv": (ConvEncoder, ConvDecoder),
+             "mlp": (MLPEncoder, MLPDecoder), "linear": (MLPEncoder, MLPDecoder)}
 
 
 class VAE(nnx.Module):
-    """encode(x) -> q(z|x), a DiagonalGaussian; decode(z) -> p(x|z), a DiagonalGaussian or Bernoulli."""
+    """encode(x) -> q(z|x), a DiagonalGaussian; decode(z) -> p(x|z), the likelihood's distribution."""
 
     def __init__(self, c: Config, *, rngs: nnx.Rngs):
         self.posterior_scale = c.posterior_scale
-        self.decoder_scale = c.decoder_scale
-        self.fixed_log_std = None if c.decoder_variance == "learned" else float(np.log(c.decoder_std))
-        self.likelihood = c.likelihood
-        # A bernoulli's two values: the ends of the pixel range for images, 0/1 for vector data.
-        self.support = (0.0, 1.0) if c.data_dim else (-1.0, 1.0)
-        encoder, decoder = (Encoder, Decoder) if c.arch == "transformer" else (MLPEncoder, MLPDecoder)
+        self.likelihood = likelihoods.build(c)
+        encoder, decoder = BACKBONES[c.arch]
         self.encoder = encoder(c, rngs=rngs)
-        self.decoder = decoder(c, rngs=rngs)
-        shared = c.decoder_variance == "learned" and c.decoder_scale_sharing == "shared"
-        # One learned raw scale for every output value (read through decoder_scale like the others).
-        self.shared_raw_scale = nnx.Param(jnp.zeros(())) if shared and c.likelihood == "gaussian" else None
+        self.decoder = decoder(c, self.likelihood.values_per_output, rngs=rngs)
 
     def encode(self, x: jax.Array) -> DiagonalGaussian:
         """x: (B,S,S,C) in [-1,1] or vectors (B,F) -> q(z|x) with (B,Z) mean and scale."""
         mean, raw = self.encoder(x)
         return DiagonalGaussian.from_raw(mean, raw, self.posterior_scale)
 
-    def decode(self, z: jax.Array) -> DiagonalGaussian | Bernoulli:
+    def decode(self, z: jax.Array):
         """z: (B,Z) -> p(x|z) over (B,S,S,C) or (B,F)."""
-        out = self.decoder(z)
-        if self.likelihood == "bernoulli":
-            return Bernoulli(out.astype(jnp.float32), *self.support)
-        if self.shared_raw_scale is not None:
-            mean = out.astype(jnp.float32)
-            raw = jnp.broadcast_to(self.shared_raw_scale[...], mean.shape)
-            return DiagonalGaussian.from_raw(mean, raw, self.decoder_scale)
-        if self.fixed_log_std is not None:
-            mean = out.astype(jnp.float32)
-            return DiagonalGaussian(mean=mean, log_std=jnp.full_like(mean, self.fixed_log_std))
-        mean, raw = jnp.split(out, 2, axis=-1)
-        return DiagonalGaussian.from_raw(mean, raw, self.decoder_scale)
+        return self.likelihood(self.decoder(z))
 
 
 def build(c: Config, seed: int | None = None) -> VAE:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from jaxvae.config import Config, ConfigError
 
-FORMAT = 1
+FORMAT = 2  # 2: the decoder's likelihood head owns its scale parameters (likelihoods.py)
 VERSION = "0.1.0"
 CONFIG, META, METRICS, SUMMARY, CHECKPOINTS, DAMAGED = (
     "config.json", "meta.json", "metrics.jsonl", "summary.json", "checkpoints", "checkpoints.damaged")

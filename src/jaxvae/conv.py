@@ -1,0 +1,131 @@
+"""`arch conv`: a convolutional ResNet encoder and decoder for square images (NVAE / latent
+diffusion's KL autoencoder in miniature, with the chapter's vector latent z).
+
+Shapes: B batch, S image side, C channels, P = patch_size (the stem's patch side, 1 for none),
+L = len(channel_mults) levels, w_l = hidden * mult_l, r = S / (P 2^L) the side at the bottom,
+Z latent dims. Images are NHWC in [-1, 1].
+
+  encoder: (B,S,S,C) -stem-> (B,S/P,S/P,w_0) -> per level l: blocks x ResBlock(w_l), then a
+           stride-2 conv3x3 to w_{l+1} (w_{L-1} after the last) -> (B,r,r,w_{L-1})
+           -> GroupNorm, SiLU, flatten -> Dense -> mean, raw (B,Z) each
+  decoder: (B,Z) -Dense-> (B,r,r,w_{L-1}) -> per level l = L-1 .. 0: nearest x2 upsampling and a
+           conv3x3 to w_l, then blocks x ResBlock(w_l) -> (B,S/P,S/P,w_0)
+           -> GroupNorm, SiLU -> [P > 1: 1x1 conv to P*P*f, depth-to-space, SiLU: (B,S,S,f)]
+           -> conv3x3 -> (B,S,S,k*C), k values per pixel value (likelihoods.py)
+
+The stem is a 3x3 conv (P = 1) or a PxP patch embedding (a matmul on space-to-depth patches). Why P:
+on a CPU a 3x3 conv of few channels at full resolution runs at a third of the speed of the same
+FLOPs at lower resolution and more channels (measured in benchmarks/quality.py's notes), so P = 2
+moves every residual block to S/2 and keeps one cheap 3x3 conv of f channels at full resolution.
+That last conv mixes each pixel's neighbourhood across the PxP cells, so nothing paints patches
+independently (the transformer's 8x8 seams). ResBlocks are pre-activation (GroupNorm, SiLU,
+conv) twice with the second conv zero-initialised, so every block starts as the identity.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxvae.config import Config
+
+GROUPS = 8  # GroupNorm groups (fewer where the width is not divisible by 8)
+
+
+def widths(c: Config) -> list[int]:
+    """Channels per level: hidden x each of channel_mults."""
+    return [c.hidden * m for m in c.conv_mults]
+
+
+def _conv(d_in: int, d_out: int, rngs: nnx.Rngs, stride: int = 1, zero: bool = False) -> nnx.Conv:
+    init = {"kernel_init": nnx.initializers.zeros_init()} if zero else {}
+    return nnx.Conv(d_in, d_out, kernel_size=(3, 3), strides=(stride, stride), padding="SAME", rngs=rngs, **init)
+
+
+def _norm(d: int, rngs: nnx.Rngs) -> nnx.GroupNorm:
+    return nnx.GroupNorm(d, num_groups=math.gcd(GROUPS, d), rngs=rngs)
+
+
+class ResBlock(nnx.Module):
+    """x + conv(SiLU(GN(conv(SiLU(GN(x)))))): (B,H,W,D) -> (B,H,W,D)."""
+
+    def __init__(self, d: int, rngs: nnx.Rngs):
+        self.norm1, self.conv1 = _norm(d, rngs), _conv(d, d, rngs)
+        self.norm2, self.conv2 = _norm(d, rngs), _conv(d, d, rngs, zero=True)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = self.conv1(jax.nn.silu(self.norm1(x)))
+        return x + self.conv2(jax.nn.silu(self.norm2(h)))
+
+
+def space_to_depth(x: jax.Array, p: int) -> jax.Array:
+    """(B,H,W,C) -> (B,H/p,W/p,p*p*C): each pxp cell's pixels stacked on the channel axis."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)  # (B,H/p,W/p,p,p,C)
+    return x.reshape(b, h // p, w // p, p * p * c)
+
+
+def depth_to_space(x: jax.Array, p: int) -> jax.Array:
+    """(B,H,W,p*p*C) -> (B,H*p,W*p,C), the inverse of space_to_depth."""
+    b, h, w, cc = x.shape
+    x = x.reshape(b, h, w, p, p, cc // (p * p)).transpose(0, 1, 3, 2, 4, 5)  # (B,H,p,W,p,C)
+    return x.reshape(b, h * p, w * p, cc // (p * p))
+
+
+def fine_channels(c: Config) -> int:
+    """f, the channels of the full-resolution stage after depth-to-space (P > 1)."""
+    return max(8, widths(c)[0] // c.patch_size)
+
+
+class ConvEncoder(nnx.Module):
+    def __init__(self, c: Config, *, rngs: nnx.Rngs):
+        w = widths(c)
+        self.patch = c.patch_size
+        self.stem = (_conv(c.channels, w[0], rngs) if self.patch == 1 else
+                     nnx.Linear(self.patch**2 * c.channels, w[0], rngs=rngs))
+        self.levels = nnx.List([nnx.List([ResBlock(d, rngs) for _ in range(c.blocks)]) for d in w])
+        self.down = nnx.List([_conv(d, d_next, rngs, stride=2) for d, d_next in zip(w, w[1:] + w[-1:], strict=True)])
+        self.norm = _norm(w[-1], rngs)
+        bottom = c.image_size // c.patch_size // 2 ** len(w)
+        self.head = nnx.Linear(bottom * bottom * w[-1], 2 * c.z_dim, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        x = x.astype(jnp.float32)
+        h = self.stem(x if self.patch == 1 else space_to_depth(x, self.patch))  # (B,S/P,S/P,w_0)
+        for blocks, down in zip(self.levels, self.down, strict=True):
+            for block in blocks:
+                h = block(h)
+            h = down(h)  # (B,H/2,W/2,w_{l+1})
+        h = jax.nn.silu(self.norm(h)).reshape(x.shape[0], -1)  # (B, r*r*w_{L-1})
+        mean, raw = jnp.split(self.head(h), 2, axis=-1)
+        return mean, raw
+
+
+class ConvDecoder(nnx.Module):
+    def __init__(self, c: Config, values_per_output: int, *, rngs: nnx.Rngs):
+        w = widths(c)
+        self.patch = c.patch_size
+        self.bottom = c.image_size // c.patch_size // 2 ** len(w)
+        self.width = w[-1]
+        self.embed = nnx.Linear(c.z_dim, self.bottom * self.bottom * w[-1], rngs=rngs)
+        # level l (from the bottom up) upsamples from w_{l+1} (w_{L-1} at the bottom) to w_l
+        self.up = nnx.List([_conv(d_prev, d, rngs) for d, d_prev in zip(w, w[1:] + w[-1:], strict=True)])
+        self.levels = nnx.List([nnx.List([ResBlock(d, rngs) for _ in range(c.blocks)]) for d in w])
+        self.norm = _norm(w[0], rngs)
+        f = w[0] if self.patch == 1 else fine_channels(c)
+        self.to_pixels = None if self.patch == 1 else nnx.Linear(w[0], self.patch**2 * f, rngs=rngs)
+        self.out = _conv(f, values_per_output * c.channels, rngs)
+
+    def __call__(self, z: jax.Array) -> jax.Array:
+        h = self.embed(z).reshape(z.shape[0], self.bottom, self.bottom, self.width)  # (B,r,r,w_{L-1})
+        for up, blocks in zip(reversed(self.up), reversed(self.levels), strict=True):
+            h = up(jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2))  # nearest x2, then conv: (B,2H,2W,w_l)
+            for block in blocks:
+                h = block(h)
+        h = jax.nn.silu(self.norm(h))  # (B,S/P,S/P,w_0)
+        if self.to_pixels is not None:
+            h = jax.nn.silu(depth_to_space(self.to_pixels(h), self.patch))  # (B,S,S,f)
+        return self.out(h)  # (B,S,S,k*C)
