@@ -115,8 +115,8 @@ def resolve_config(c: Config) -> Config:
     shape = _shape(c.data)
     if c.data_dim and c.data_dim != shape[1]:
         raise ConfigError(f"--data {c.data} has D = {shape[1]} columns but the config says data_dim {c.data_dim}")
-    if c.arch == "transformer":
-        raise ConfigError(f"--data {c.data} is vector data: use --arch mlp or --arch linear")
+    if c.arch in ("transformer", "conv"):
+        raise ConfigError(f"--data {c.data} is vector data: use --arch mlp or --arch linear, not {c.arch}")
     return c.replace(data_dim=shape[1])
 
 

@@ -1,0 +1,117 @@
+"""Model quality on `shapes` at equal training wall time: every backbone x likelihood.
+
+    .venv/bin/python benchmarks/quality.py [--budget-s 100] [--iw-samples 100] [--limit 256] [--only NAME]
+
+Each row trains the `tiny` preset with one backbone and one likelihood for --budget-s seconds of
+wall time (steps = budget x the step rate measured over the first 30 steps), then evaluates the
+held-out images with jaxvae.evaluate: MSE / PSNR / SSIM in [0, 1] pixels, -ELBO and the IWAE bound
+(nats per image), bits/dim (valid only where the likelihood is discrete or dequantized: the
+table says which), and the training img/s. Runs go to a temporary directory. Writes
+benchmarks/results/quality_<machine>.json and prints a markdown table for the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+import jaxvae
+from jaxvae import data as data_lib
+from jaxvae import parallel
+from jaxvae.config import TINY, TINY_TRANSFORMER
+from jaxvae.train import init_state, make_train_step, train
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# name -> config changes on top of its base preset. bernoulli does not fit `shapes` (8-bit colour images).
+ROWS = {
+    "transformer, gaussian shared sigma": (TINY_TRANSFORMER, {}),
+    "transformer, gaussian per-pixel sigma": (TINY_TRANSFORMER, {"decoder_scale_sharing": "per-dim"}),
+    "transformer, logistic": (TINY_TRANSFORMER, {"likelihood": "logistic", "decoder_scale_sharing": "per-dim"}),
+    "conv, gaussian shared sigma": (TINY, {"likelihood": "gaussian", "decoder_scale_sharing": "shared"}),
+    "conv, gaussian per-pixel sigma": (TINY, {"likelihood": "gaussian", "decoder_scale_sharing": "per-dim"}),
+    "conv, logistic": (TINY, {"likelihood": "logistic"}),
+    "conv, logistic mixture of 5": (TINY, {"likelihood": "logistic", "mixtures": 5}),
+}
+
+
+def steps_for(config, budget_s: float) -> tuple[int, float]:
+    """Steps that fit the budget at this config's measured rate (30 steps after the compile), and img/s."""
+    mesh = parallel.data_mesh()
+    graphdef, state = init_state(config)
+    state = parallel.replicate(state, mesh)
+    step = make_train_step(graphdef, config)
+    x = np.random.default_rng(0).uniform(-1, 1, (config.batch_size, *config.data_shape)).astype(np.float32)
+    state, m = step(state, x)
+    jax.block_until_ready(m)
+    t0 = time.perf_counter()
+    for _ in range(30):
+        state, m = step(state, x)
+    jax.block_until_ready(m)
+    per_step = (time.perf_counter() - t0) / 30
+    return max(config.eval_every, int(budget_s / per_step)), config.batch_size / per_step
+
+
+def one_row(name: str, config, budget_s: float, iw_samples: int, limit: int, root: Path) -> dict:
+    steps, rate = steps_for(config, budget_s)
+    config = config.replace(steps=steps, eval_every=max(1, steps // 4), ckpt_every=steps)
+    out = root / re.sub(r"[^a-z0-9]+", "-", name.lower())
+    summary = train(config, out, quiet=True)
+    vae = jaxvae.load(out)
+    images = data_lib.load_dataset(config).val[:limit]
+    r = jaxvae.evaluate(vae, np.asarray(images), iw_samples=iw_samples)
+    return {"name": name, "arch": config.arch, "likelihood": config.likelihood, "steps": steps,
+            "train_s": summary["wall_time_s"], "images_per_s": rate, "mse": r["mse"]["mean"],
+            "psnr": r["psnr"]["mean"], "ssim": r["ssim"]["mean"], "negative_elbo": r["negative_elbo"]["mean"],
+            "iwae_nll": -r["iwae"]["mean"], "bits_per_dim": r["bits_per_dim"]["mean"],
+            "bits_per_dim_valid": r["bits_per_dim_valid_bound"], "active_units": r["active_units"],
+            "params": int(sum(np.prod(a.shape) for a in jax.tree.leaves(vae.model))), "config": config.to_dict()}
+
+
+def table(rows: list[dict], iw_samples: int) -> str:
+    lines = [f"| backbone, likelihood | steps | train s | img/s | MSE | PSNR dB | SSIM | -ELBO | "
+             f"IWAE-{iw_samples} NLL | bits/dim |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        bpd = f"{r['bits_per_dim']:.3f}" + ("" if r["bits_per_dim_valid"] else " (density, not a bound)")
+        lines.append(f"| {r['name']} | {r['steps']} | {r['train_s']:.0f} | {r['images_per_s']:.0f} | "
+                     f"{r['mse']:.4f} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['negative_elbo']:.1f} | "
+                     f"{r['iwae_nll']:.1f} | {bpd} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--budget-s", type=float, default=100.0, help="training wall time per row")
+    p.add_argument("--iw-samples", type=int, default=100)
+    p.add_argument("--limit", type=int, default=256, help="held-out images evaluated")
+    p.add_argument("--only", action="append", help="row names to run (substring match); default all")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    a = p.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (base, changes) in ROWS.items():
+            if a.only and not any(s in name for s in a.only):
+                continue
+            print(f"  {name}: {a.budget_s:.0f} s of training ...", flush=True)
+            rows.append(one_row(name, base.replace(**changes), a.budget_s, a.iw_samples, a.limit, Path(tmp)))
+            print(table(rows[-1:], a.iw_samples).splitlines()[-1], flush=True)
+    machine = f"{platform.processor() or platform.machine()}, {jax.devices()[0].device_kind}"
+    a.out.mkdir(parents=True, exist_ok=True)
+    path = a.out / f"quality_{jax.devices()[0].platform}.json"
+    path.write_text(json.dumps({"machine": machine, "budget_s": a.budget_s, "iw_samples": a.iw_samples,
+                                "rows": rows}, indent=2) + "\n")
+    print(f"\n{table(rows, a.iw_samples)}\n\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
