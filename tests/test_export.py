@@ -23,6 +23,7 @@ from jaxvae import cli, encode, export
 from jaxvae import data as data_lib
 from jaxvae import run as run_lib
 from jaxvae.data import shapes, sources
+from jaxvae.model import build
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 N = 37  # examples to encode: no batch size below divides it
@@ -188,25 +189,21 @@ def test_encode_file_round_trip_is_bitwise_the_models_encoding(capsys, trained_r
 
 def test_encode_sample_is_reproducible_under_a_seed(capsys, trained_run, tmp_path):
     images = _images()
-    data = _npy(tmp_path, images)
-    rc, err = _cli(capsys, "encode", trained_run, "--data", data, "--out", tmp_path / "a.npz", "--what", "both",
-                   "--seed", 3, "--batch-size", 8, "--quiet")
+    rc, err = _cli(capsys, "encode", trained_run, "--data", _npy(tmp_path, images), "--out", tmp_path / "s.npz",
+                   "--what", "sample", "--seed", 3, "--batch-size", 8, "--quiet")
     assert rc == 0, err
-    a = _latents(tmp_path / "a.npz")
+    s = _latents(tmp_path / "s.npz")
+    assert set(s) == {"sample", "index", "latent_scale"}
     vae = jaxvae.load(trained_run)
-    b = encode.encode_dataset(vae, images, "both", seed=3, batch_size=8, progress=False)
-    assert np.array_equal(a["sample"], b["sample"])  # the same seed, the same draws
+    a = encode.encode_dataset(vae, images, "both", seed=3, batch_size=8, progress=False)
+    assert np.array_equal(s["sample"], a["sample"])  # the same seed, the same draws
+    other = encode.encode_dataset(vae, images, "both", seed=4, batch_size=8, progress=False)
+    assert np.abs(a["sample"] - other["sample"]).max() > 0.1  # another seed, other draws
     wide = encode.encode_dataset(vae, images, "both", seed=3, batch_size=16, progress=False)
     np.testing.assert_allclose(a["sample"], wide["sample"], rtol=0, atol=1e-6)  # whatever the batch size
-    other = encode.encode_dataset(vae, images, "sample", seed=4, batch_size=8, progress=False)
-    assert np.abs(a["sample"] - other["sample"]).max() > 0.1  # another seed, other draws
     # closed form: example i's noise is normal(fold_in(key(seed), i))
     eps = np.stack([np.asarray(jax.random.normal(jax.random.fold_in(jax.random.key(3), i), (4,))) for i in range(N)])
     np.testing.assert_allclose(a["sample"], a["mean"] + np.exp(a["log_std"]) * eps, rtol=1e-6, atol=1e-6)
-    rc, err = _cli(capsys, "encode", trained_run, "--data", data, "--out", tmp_path / "s.npz", "--what", "sample",
-                   "--seed", 3, "--batch-size", 8, "--quiet")
-    s = _latents(tmp_path / "s.npz")
-    assert set(s) == {"sample", "index", "latent_scale"} and np.array_equal(s["sample"], a["sample"])
 
 
 ORDER_WORKER = textwrap.dedent("""
@@ -280,11 +277,12 @@ def test_latent_scale_is_one_over_the_pooled_std():
     assert np.array_equal(encode.scale_subset(100, 4096), np.arange(100))
 
 
-def test_evaluate_reports_the_latent_scale(trained_run):
-    vae = jaxvae.load(trained_run)
-    images = _images(12)
-    r = jaxvae.evaluate(vae, images, iw_samples=1)
-    mean = vae.encode(data_lib.to_model_range(images)).mean.astype(np.float64)
+def test_evaluate_reports_the_latent_scale():
+    c = micro_config(arch="mlp", data_dim=3, hidden=8, depth=1)
+    model = build(c)
+    x = np.random.default_rng(2).normal(size=(12, 3)).astype(np.float32)
+    r = jaxvae.evaluate(model, x, iw_samples=1, config=c)
+    mean = np.asarray(model.encode(x).mean, np.float64)
     assert r["latent_std"] == pytest.approx(np.std(mean), rel=1e-5)
     assert r["latent_scale"] == pytest.approx(1 / np.std(mean), rel=1e-5)
     assert "latent_scale = 1/std" in jaxvae.evaluate.format_table(r)
@@ -333,3 +331,22 @@ def test_overwrite_replaces_the_file(capsys, trained_run, tmp_path):
                    "--quiet", "--checkpoint", "10")
     assert rc == 0, err
     assert _latents(out)["mean"].shape == (5, 4)
+
+
+def test_encode_vectors_with_the_runs_standardization(capsys, tmp_path):
+    rng = np.random.default_rng(1)
+    train = tmp_path / "train.csv"
+    np.savetxt(train, rng.normal(5.0, 3.0, (40, 3)), delimiter=",", header="a,b,c", comments="")
+    new = rng.normal(5.0, 3.0, (11, 3))
+    np.savetxt(tmp_path / "new.csv", new, delimiter=",", header="a,b,c", comments="")
+    np.savetxt(tmp_path / "wide.csv", rng.normal(size=(5, 4)), delimiter=",", header="a,b,c,d", comments="")
+    config = micro_config(arch="mlp", data=str(train), data_dim=3, standardize=True)
+    run = untrained_run(tmp_path / "vec", config)
+    rc, err = _cli(capsys, "encode", run, "--data", tmp_path / "new.csv", "--out", tmp_path / "v.npz", "--quiet",
+                   "--batch-size", 4)
+    assert rc == 0, err
+    vae = jaxvae.load(run)
+    want = vae.model.encode(data_lib.load_dataset(config).transform(new)).mean  # the training split's mean, std
+    np.testing.assert_allclose(_latents(tmp_path / "v.npz")["mean"], want, rtol=1e-6, atol=1e-6)
+    rc, err = _cli(capsys, "encode", run, "--data", tmp_path / "wide.csv", "--out", tmp_path / "w.npz")
+    assert rc == 2 and "shape (4,), but the run takes (3,)" in err

@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 
 from jaxvae.checkpoint import digest
-from jaxvae.config import Config, ConfigError
+from jaxvae.config import Config
 from jaxvae.model import build
 from jaxvae.run import VERSION, RunError
 
