@@ -147,6 +147,12 @@ def test_files_jaxvae_cannot_read_are_refused(exported, tmp_path):
     unknown = _rewrite(exported, tmp_path / "unknown.safetensors", config=json.dumps(config | {"warp_drive": 1}))
     with pytest.raises(run_lib.RunError, match=r"unknown keys \['warp_drive'\]"):
         jaxvae.load(unknown)
+    config["beta"] = 7.0  # a valid config that is not the one written: the checksum catches it
+    edited = _rewrite(exported, tmp_path / "edited.safetensors", config=json.dumps(config))
+    with pytest.raises(run_lib.RunError, match="is corrupted"):
+        jaxvae.load(edited)
+    with pytest.raises(run_lib.RunError, match="no such model file"):
+        jaxvae.load(tmp_path / "missing.safetensors")
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(run_lib.RunError, match="neither a run directory nor an exported"):
         jaxvae.load(tmp_path / "notes.txt")

@@ -17,12 +17,14 @@ The file:
     latent_scale    JSON number or null: 1 / std of the posterior means (see encode.py)
     latent_scale_examples  what it was measured on
     checkpoint      which of the run's checkpoints the parameters come from (latest, or its step)
-    params_sha256   a digest of every tensor (checkpoint.digest, in the model's order): safetensors
-                    itself has no checksum, so this is what catches a flipped byte
+    sha256          over every tensor (checkpoint.digest, in the model's order) and the format,
+                    config and latent scale: safetensors itself has no checksum, so this is what
+                    catches a flipped byte
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -39,6 +41,7 @@ from jaxvae.run import VERSION, RunError
 
 EXPORT_FORMAT = 1
 SUFFIX = ".safetensors"
+CHECKED = ("jaxvae_format", "config", "latent_scale")  # the metadata the checksum covers
 
 
 def _name(path) -> str:
@@ -74,8 +77,8 @@ def save(vae, out: str | os.PathLike, *, latent_scale: float | None, latent_scal
         "latent_scale": json.dumps(latent_scale),
         "latent_scale_examples": latent_scale_examples,
         "checkpoint": checkpoint,
-        "params_sha256": digest(list(tensors.values())),
     }
+    metadata["sha256"] = _checksum(tensors.values(), metadata)
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -87,11 +90,20 @@ def save(vae, out: str | os.PathLike, *, latent_scale: float | None, latent_scal
     return path
 
 
+def _checksum(values, metadata: dict[str, str]) -> str:
+    """sha256 over every tensor (dtype, shape, bytes, in the model's order) and the metadata that
+    rebuilds the model: safetensors itself has no checksum, so this is what catches a flipped byte."""
+    meaning = json.dumps({k: metadata.get(k) for k in CHECKED}, sort_keys=True)
+    return hashlib.sha256((digest(list(values)) + meaning).encode()).hexdigest()
+
+
 def read(path: str | os.PathLike) -> tuple[Config, dict[str, np.ndarray], dict[str, str]]:
     """(config, tensors, metadata) of a file jaxvae wrote; RunError in one line for anything else."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
+    if not path.is_file():
+        raise RunError(f"no such model file: {path}")
     try:
         with safe_open(str(path), framework="numpy") as f:
             metadata = f.metadata() or {}
@@ -135,8 +147,8 @@ def load(path: str | os.PathLike):
             raise RunError(f"{path}: tensor {name} is {got.dtype}{list(got.shape)}, the config's model "
                            f"needs {want.dtype}{list(want.shape)}")
         values.append(got)
-    if digest(values) != metadata.get("params_sha256"):
-        raise RunError(f"{path} is corrupted: its tensors do not match the digest written with them")
+    if _checksum(values, metadata) != metadata.get("sha256"):
+        raise RunError(f"{path} is corrupted: its tensors or config do not match the checksum written with them")
     params = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(v) for v in values])
     try:
         scale = json.loads(metadata.get("latent_scale", "null"))
