@@ -185,6 +185,8 @@ def test_encode_file_round_trip_is_bitwise_the_models_encoding(capsys, trained_r
     assert np.array_equal(z["mean"], np.concatenate([q.mean for q in qs])[:N])
     assert np.array_equal(z["log_std"], np.concatenate([q.log_std for q in qs])[:N])
     assert float(z["latent_scale"]) == pytest.approx(1 / np.std(z["mean"].astype(np.float64)), rel=1e-12)
+    scale, where = encode.run_latent_scale(vae, str(data))  # export --data: the scale over another source
+    assert scale == pytest.approx(float(z["latent_scale"]), rel=1e-5) and where == f"all {N} examples of {data}"
     # and through the exported file: the same bytes
     rc, err = _cli(capsys, "encode", exported, "--data", data, "--out", tmp_path / "zf.npz", "--batch-size", 8,
                    "--quiet")
