@@ -7,7 +7,8 @@ seconds, GFLOP per step (XLA's cost analysis), MFU (over harness.PEAK_TFLOPS, or
 of harness.cpu_peak_tflops), peak host RSS and peak device memory where the device reports it.
 Each row is its own process (the median of 3 timing windows). Then train_step.py compares the
 seed preset at batch 32 with the chapter's seed_ref.py in one process, in alternating windows
-(on a CPU split into 2 JAX devices, so that jaxvae also runs data-parallel over them).
+(on a CPU split into 2 JAX devices, so that jaxvae also runs data-parallel over them). Last,
+encode.py measures `jaxvae encode`'s images/s on the tiny preset.
 About 7 minutes on the 2-core CPU it was written on.
 """
 
@@ -57,6 +58,15 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def measure_encode() -> dict:
+    """benchmarks/encode.py in its own process: `jaxvae encode`'s images/s on the tiny preset."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, str(Path(__file__).with_name("encode.py")), "--json", f"{tmp}/encode.json"]
+        if subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode:
+            raise BenchError("encode.py failed")
+        return json.loads(Path(f"{tmp}/encode.json").read_text())
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=4, help="timed steps per window (3 windows per row)")
@@ -80,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             if subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode:
                 raise BenchError("train_step.py failed")
             comparison = json.loads(Path(f"{tmp}/compare.json").read_text())
+        say("  encode throughput, tiny preset")
+        encode = measure_encode()
     except BenchError as e:
         print(f"run_all.py: error: {e}", file=sys.stderr)
         return 2
@@ -90,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "rows": rows,
         "seed_ref_comparison": comparison,
+        "encode": encode,
     }
     a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / (re.sub(r"[^a-z0-9]+", "-", kind.lower()).strip("-") + ".json")
@@ -105,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in comparison["variants"].items():
         say(f"  {name:28} {r['images_per_s']:7.2f} img/s {r['step_ms']:8.1f} ms/step "
             f"{r['ratio_to_seed_ref']:6.2f}x seed_ref")
+    say(f"\njaxvae encode, tiny preset, {encode['examples']} images at batch {encode['batch']} on "
+        f"{encode['devices']} device(s): {encode['images_per_s']:.0f} images/s (median of {len(encode['seconds'])})")
     say(f"wrote {path}")
     return 0
 

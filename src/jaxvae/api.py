@@ -6,7 +6,8 @@
     vae.reconstruct(x); vae.sample(16, seed=0, temperature=0.8)
     vae.interpolate(x0, x1, steps=10, method="slerp")
 
-Loading only reads the run (config.json and the parameters of the latest checkpoint).
+Loading only reads the run (config.json and the parameters of the latest checkpoint), or a file
+that `jaxvae export` wrote (jaxvae.load("model.safetensors"), see export.py): the same model.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from flax import nnx
 from jaxvae import run as run_lib
 from jaxvae import sample as sample_lib
 from jaxvae.checkpoint import Checkpointer
-from jaxvae.config import Config
+from jaxvae.config import Config, ConfigError
 from jaxvae.distributions import DiagonalGaussian
 from jaxvae.model import VAE, build
 
@@ -29,8 +30,26 @@ from jaxvae.model import VAE, build
 class TrainedVAE:
     """A trained model and its config. Inputs: numpy or JAX arrays; outputs: numpy."""
 
-    def __init__(self, config: Config, model: VAE, run_dir: Path | None = None):
+    def __init__(self, config: Config, model: VAE, run_dir: Path | None = None, *, source: Path | None = None,
+                 latent_scale: float | None = None):
         self.config, self.model, self.run_dir = config, model, run_dir
+        self.source = source or run_dir  # the run directory or the exported file it was loaded from
+        self._latent_scale = latent_scale
+
+    @property
+    def latent_scale(self) -> float | None:
+        """What to multiply latents by for unit variance: 1 / std of the posterior means, pooled over
+        examples and dimensions (latent diffusion's scale_factor; see encode.py).
+
+        An exported file carries it (measured at export). For a run it is measured on first use over
+        at most encode.LATENT_SCALE_EXAMPLES examples of the training split (evenly strided), which
+        reads the run's data, and then kept. None when the means do not vary at all.
+        """
+        if self._latent_scale is None and self.run_dir is not None:
+            from jaxvae.encode import run_latent_scale
+
+            self._latent_scale = run_latent_scale(self)[0]
+        return self._latent_scale
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -87,10 +106,22 @@ def _decode(model, z):
     return model.decode(z)
 
 
-def load(run_dir: str | os.PathLike) -> TrainedVAE:
-    """Load a trained run (its latest checkpoint) without writing anything to it."""
+def load(run_dir: str | os.PathLike, step: int | None = None) -> TrainedVAE:
+    """Load a trained run (its latest checkpoint, or checkpoint `step`) without writing anything to
+    it, or a model file written by `jaxvae export`."""
+    if Path(run_dir).is_file() or (Path(run_dir).suffix == ".safetensors" and not Path(run_dir).is_dir()):
+        from jaxvae import export
+
+        export.check_is_export(run_dir)
+        if step is not None:
+            raise ConfigError(f"{run_dir} is an exported model: it holds one set of parameters, no checkpoints")
+        return export.load(run_dir)
     path, config = run_lib.open_run(run_dir)
     abstract = nnx.eval_shape(lambda: build(config))
     graphdef, params_template = nnx.split(abstract)
-    params = Checkpointer(path, read_only=True).restore_params(params_template)
+    checkpointer = Checkpointer(path, read_only=True)
+    if step is not None and step not in checkpointer.steps():
+        have = ", ".join(map(str, checkpointer.steps())) or "none"
+        raise run_lib.RunError(f"{path} has no checkpoint {step} (it has: {have})")
+    params = checkpointer.restore_params(params_template, step)
     return TrainedVAE(config, nnx.merge(graphdef, params), path)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import tyro
 
 from jaxvae.config import Config, ConfigError, expand_decoder_std, preset
@@ -51,7 +52,7 @@ class SampleArgs:
     """Decode draws from the prior z ~ N(0, T^2 I) of a trained run into a PNG grid."""
 
     run: Positional[str]
-    """Run directory."""
+    """Run directory, or a model file written by `jaxvae export`."""
     out: str = "samples.png"
     """PNG file to write."""
     n: int = 20
@@ -67,7 +68,7 @@ class ReconstructArgs:
     """Reconstruct held-out images of the run's data: originals over reconstructions, with the MSE."""
 
     run: Positional[str]
-    """Run directory."""
+    """Run directory, or a model file written by `jaxvae export`."""
     out: str = "reconstructions.png"
     """PNG file to write."""
     n: int = 10
@@ -79,7 +80,7 @@ class InterpolateArgs:
     """Interpolate between two held-out images: a pixel-space row over a latent-space row."""
 
     run: Positional[str]
-    """Run directory."""
+    """Run directory, or a model file written by `jaxvae export`."""
     out: str = "interpolation.png"
     """PNG file to write."""
     steps: int = 10
@@ -90,6 +91,113 @@ class InterpolateArgs:
     """Index of the first held-out image."""
     second: int = 1
     """Index of the second held-out image."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodeArgs:
+    """Encode every example of a --data source into latents: an .npz holding mean and log_std (N, Z),
+    index (N,) (the source's order), sample (N, Z) with --what sample|both, and the source's factors or
+    labels where it has them. Prints the latent scale (1 / std of the posterior means)."""
+
+    run: Positional[str]
+    """Run directory, or a model file written by `jaxvae export`."""
+    data: str
+    """What to encode: any --data source (shapes, a folder, a cache, .npy/.npz, mnist:DIR, ...)."""
+    out: str = "latents.npz"
+    """The .npz file to write (never inside a run directory)."""
+    what: str = "mean"
+    """mean (mean and log_std of q(z|x)) | sample (one draw z ~ q(z|x)) | both."""
+    seed: int = 0
+    """Seed of the samples: example i draws from fold_in(key(seed), i)."""
+    checkpoint: str = "latest"
+    """Which checkpoint of the run: latest, or a step number."""
+    batch_size: int = 256
+    """Examples per device call (rounded up to a multiple of the local devices)."""
+    data_key: str = ""
+    """Name of the array inside an .npz --data (default: the run's)."""
+    data_range: str = ""
+    """Value range of a float --data array: 01 | pm1 (default: the run's)."""
+    overwrite: bool = False
+    """Replace --out if it exists."""
+    quiet: bool = False
+    """No progress bar."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportArgs:
+    """Write a run's parameters as one safetensors file, with the resolved config, the jaxvae version,
+    a format number and the latent scale in its metadata. `jaxvae.load(FILE)` gives the same model
+    as `jaxvae.load(RUN)`, without the run."""
+
+    run: Positional[str]
+    """Run directory."""
+    out: str = "model.safetensors"
+    """The .safetensors file to write (never inside a run directory)."""
+    checkpoint: str = "latest"
+    """Which checkpoint of the run: latest, or a step number."""
+    data: str = ""
+    """Measure the latent scale on this --data source (default: the run's training split, at most
+    4096 examples, evenly strided)."""
+    overwrite: bool = False
+    """Replace --out if it exists."""
+
+
+def _checkpoint_step(checkpoint: str) -> int | None:
+    """--checkpoint latest | STEP -> None (the latest good one) or the step."""
+    if checkpoint == "latest":
+        return None
+    if checkpoint.isdigit():
+        return int(checkpoint)
+    raise ConfigError(f"--checkpoint must be latest or a step number, got {checkpoint!r}")
+
+
+def _load(run: str, checkpoint: str):
+    import jaxvae
+
+    step = _checkpoint_step(checkpoint)
+    return jaxvae.load(run, step) if step is not None else jaxvae.load(run)
+
+
+def run_encode(argv: list[str]) -> int:
+    from jaxvae import encode
+
+    a = _parse(EncodeArgs, argv, prog="encode")
+    out = encode.check_output(a.out, a.overwrite, ".npz")  # refused before anything is read
+    if a.what not in encode.WHAT:
+        raise ConfigError(f"unknown --what {a.what!r}: choose one of {', '.join(encode.WHAT)}")
+    _positive(batch_size=a.batch_size)
+    vae = _load(a.run, a.checkpoint)
+    x = encode.load_examples(vae.config, a.data, a.data_key, a.data_range)
+    extras = encode.source_extras(vae.config, a.data)
+    for name, value in extras.items():
+        if name != "factor_names" and len(value) != len(x):
+            raise ConfigError(f"--data {a.data} has {len(x)} examples but {len(value)} {name}")
+    z = encode.encode_dataset(vae, x, what=a.what, seed=a.seed, batch_size=a.batch_size, progress=not a.quiet)
+    std = encode.latent_std(z["mean"])
+    scale = encode.scale_from_std(std)
+    keep = {"mean": a.what != "sample", "log_std": a.what != "sample", "sample": a.what != "mean", "index": True}
+    arrays = {k: v for k, v in z.items() if keep[k]} | extras
+    arrays["latent_scale"] = np.float64(np.nan if scale is None else scale)
+    encode.write_npz(out, arrays)
+    print(f"encoded {len(x)} examples of {a.data} with {a.run}: wrote {out} ({', '.join(arrays)})")
+    print(f"latent std {std:.6g} (posterior means, all {vae.config.z_dim} dims pooled); latent_scale = 1/std = "
+          + (f"{scale:.6g}" if scale is not None else "undefined (the means do not vary)"))
+    return 0
+
+
+def run_export(argv: list[str]) -> int:
+    from jaxvae import encode, export
+
+    a = _parse(ExportArgs, argv, prog="export")
+    out = encode.check_output(a.out, a.overwrite, export.SUFFIX)
+    if Path(a.run).is_file():
+        raise ConfigError(f"{a.run} is a file: export takes a run directory")
+    vae = _load(a.run, a.checkpoint)
+    scale, where = encode.run_latent_scale(vae, a.data)
+    export.save(vae, out, latent_scale=scale, latent_scale_examples=where, checkpoint=a.checkpoint)
+    print(f"wrote {out}: {vae.config.arch} VAE, z_dim {vae.config.z_dim}, checkpoint {a.checkpoint}; "
+          f"latent_scale {scale if scale is None else f'{scale:.6g}'} over {where}")
+    return 0
 
 
 def run_train(argv: list[str]) -> int:
@@ -190,6 +298,8 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "show-data": (run_show_data, "write a grid of dataset images to a PNG"),
     "report": (run_report, "write a run's self-contained HTML report (RUN/report.html)"),
     "traverse": (run_traverse, "latent traversals of the most active (or --dims) dimensions into a PNG"),
+    "encode": (run_encode, "encode every example of a --data source into latents (.npz), with the latent scale"),
+    "export": (run_export, "write a run's parameters, config and latent scale as one .safetensors file"),
     "evaluate": (run_evaluate, "-ELBO, IWAE log p(x), bits/dim, MSE/PSNR/SSIM, active units, KL per dim, MI"),
 }
 

@@ -237,7 +237,9 @@ def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, 
     Returns: statistics {"mean", "se"} in nats per example for negative_elbo, reconstruction_nll,
       kl, iwae (the bound on log p(x)), iwae_minus_elbo; bits_per_dim(+_elbo) with their flags; mse
       (and psnr, ssim for images); active_units, latent_activity, kl_per_dim (sorted, with its
-      latent indices), mutual_information; and how it was run (plan, seconds, examples_per_s).
+      latent indices), mutual_information; latent_std, the std of the posterior means pooled over
+      examples and dims, and latent_scale = 1 / latent_std (encode.py); and how it was run (plan,
+      seconds, examples_per_s).
     """
     model, c = _unpack(vae, config)
     data, eight_bit = _check_data(data, c)
@@ -302,6 +304,11 @@ def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, 
     }
     if images:
         result["psnr"], result["ssim"] = _stat(per["psnr"]), _stat(per["ssim"])
+    # latent diffusion's scale factor, over these examples: multiply latents by it for unit variance
+    from jaxvae.encode import latent_std, scale_from_std
+
+    result["latent_std"] = latent_std(per["posterior_mean"])
+    result["latent_scale"] = scale_from_std(result["latent_std"])
     if per_example:
         keep = ("iwae", "reconstruction_nll", "kl", "mse", "psnr", "ssim")
         result["per_example"] = {k: per[k].astype(float).tolist() for k in keep if k in per}
@@ -353,6 +360,9 @@ def format_table(r: dict, title: str = "") -> str:
     lines.append(f"  {'mutual information I_q(x;z)':<30}{r['mutual_information']:>14.3f}  nats (at most "
                  f"log {r['mutual_information_examples']} = {r['mutual_information_max']:.2f})")
     lines.append(f"  {'KL(q(z)||p(z)), marginal':<30}{r['marginal_kl']:>14.3f}  nats")
+    if "latent_std" in r:
+        scale = "undefined" if r["latent_scale"] is None else f"{r['latent_scale']:.4f}"
+        lines.append(f"  {'latent std (posterior means)':<30}{r['latent_std']:>14.4f}  latent_scale = 1/std = {scale}")
     shown = 16  # the whole list is in the JSON and the chart
     top = ", ".join(f"z{j} {v:.2f}" for j, v in zip(r["kl_per_dim_index"][:shown], r["kl_per_dim"][:shown],
                                                     strict=True))

@@ -28,6 +28,7 @@ from jaxvae.data.prepare import ensure_cache, open_cache
 from jaxvae.data.shapes import make_shapes
 
 SHAPES_COUNT = 6000  # images rendered for `--data shapes`, split into train and val
+SHAPES_SEED = 1234  # their seed (the factors of image i: shapes.shape_factors(SHAPES_COUNT, SHAPES_SEED))
 
 
 def __getattr__(name: str) -> Any:
@@ -118,7 +119,7 @@ def load_images(spec: str, o: DataOptions, *, quiet: bool = False) -> np.ndarray
     """Every image that `spec` names, as uint8 (N, S, S, C) (a read-only memmap where possible)."""
     src = sources.parse_source(spec)
     if src.kind == "shapes":
-        return make_shapes(SHAPES_COUNT, o.image_size, seed=1234, channels=o.channels)[0]
+        return make_shapes(SHAPES_COUNT, o.image_size, seed=SHAPES_SEED, channels=o.channels)[0]
     if src.kind in ("folder", "celeba"):
         settings = ImageSettings(o.image_size, o.channels, o.background, o.max_image_pixels,
                                  crop="celeba" if src.kind == "celeba" else "center")

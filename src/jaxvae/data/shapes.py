@@ -33,21 +33,7 @@ def make_shapes(n: int, image_size: int, seed: int = 0, channels: int = 3,
         [0,1]), scale (half-size as a fraction of S), angle (radians), and (n, 3) colour and
         background in [0, 1].
     """
-    rng = np.random.default_rng(seed)
-    factors = {
-        "shape": rng.integers(0, 3, n),
-        "scale": rng.uniform(0.18, 0.38, n),
-        "angle": rng.uniform(0, 2 * np.pi, n),
-        "colour": rng.uniform(0.0, 1.0, (n, 3)),
-        "background": rng.uniform(0.0, 1.0, (n, 3)),
-    }
-    margin = factors["scale"] * 0.8
-    factors["x"] = rng.uniform(margin, 1 - margin)
-    factors["y"] = rng.uniform(margin, 1 - margin)
-    # Keep shape and background apart so every image has a visible shape.
-    too_close = np.abs(factors["colour"] - factors["background"]).sum(-1) < 0.6
-    factors["colour"][too_close] = 1.0 - factors["background"][too_close]
-
+    factors = shape_factors(n, seed)
     s = image_size * _SUPERSAMPLE
     grid = (np.arange(s) + 0.5) / s  # sub-pixel centres in [0, 1]
     py, px = np.meshgrid(grid, grid, indexing="ij")  # (s, s)
@@ -69,3 +55,34 @@ def make_shapes(n: int, image_size: int, seed: int = 0, channels: int = 3,
             rgb = rgb @ np.array([0.299, 0.587, 0.114])[:, None]
         images[sl] = np.round(rgb * 255).astype(np.uint8)
     return images, factors
+
+
+def shape_factors(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """The ground-truth factors of make_shapes(n, ..., seed) without rendering the images (see there)."""
+    rng = np.random.default_rng(seed)
+    factors = {
+        "shape": rng.integers(0, 3, n),
+        "scale": rng.uniform(0.18, 0.38, n),
+        "angle": rng.uniform(0, 2 * np.pi, n),
+        "colour": rng.uniform(0.0, 1.0, (n, 3)),
+        "background": rng.uniform(0.0, 1.0, (n, 3)),
+    }
+    margin = factors["scale"] * 0.8
+    factors["x"] = rng.uniform(margin, 1 - margin)
+    factors["y"] = rng.uniform(margin, 1 - margin)
+    # Keep shape and background apart so every image has a visible shape.
+    too_close = np.abs(factors["colour"] - factors["background"]).sum(-1) < 0.6
+    factors["colour"][too_close] = 1.0 - factors["background"][too_close]
+
+    return factors
+
+
+FACTOR_COLUMNS = ("shape", "x", "y", "scale", "angle", "colour_r", "colour_g", "colour_b",
+                  "background_r", "background_g", "background_b")
+
+
+def factor_table(factors: dict[str, np.ndarray]) -> tuple[tuple[str, ...], np.ndarray]:
+    """The factors as one (n, 11) float64 table and its column names (FACTOR_COLUMNS)."""
+    columns = [factors[k] for k in ("shape", "x", "y", "scale", "angle")]
+    table = np.column_stack([*columns, factors["colour"], factors["background"]]).astype(np.float64)
+    return FACTOR_COLUMNS, table

@@ -29,6 +29,7 @@ from jaxvae.config import ConfigError
 PREFIXES = ("mnist", "mnist-test", "cifar10", "cifar10-test", "celeba")
 CIFAR_RECORD = 1 + 3 * 32 * 32  # one label byte, then 1024 red, 1024 green, 1024 blue bytes
 IDX3_UBYTE_MAGIC = 0x00000803  # two zero bytes, type 0x08 (unsigned byte), 3 dimensions
+IDX1_UBYTE_MAGIC = 0x00000801  # the same, 1 dimension: MNIST's label files
 _CHUNK = 4096  # images converted at a time, so a big float array is never copied whole
 
 
@@ -169,6 +170,37 @@ def read_array_source(src: Source, data_key: str = "") -> np.ndarray:
     if src.kind in ("cifar10", "cifar10-test"):
         return read_cifar10(src.path, test=src.kind == "cifar10-test")
     raise ValueError(f"{src.kind} is not an array source")
+
+
+def read_labels(src: Source) -> np.ndarray | None:
+    """The (N,) uint8 class labels of a source that has them, in its images' order, else None:
+    mnist (its *-labels-idx1-ubyte[.gz] file, when beside the images) and cifar10 (each record's
+    first byte)."""
+    if src.kind in ("mnist", "mnist-test"):
+        stem = "t10k" if src.kind == "mnist-test" else "train"
+        for name in (f"{stem}-labels-idx1-ubyte", f"{stem}-labels.idx1-ubyte"):
+            for path in (os.path.join(src.path, name), os.path.join(src.path, name + ".gz")):
+                if os.path.isfile(path):
+                    return _read_idx_labels(path)
+        return None
+    if src.kind in ("cifar10", "cifar10-test"):
+        folder = src.path
+        if os.path.isdir(os.path.join(folder, "cifar-10-batches-bin")):
+            folder = os.path.join(folder, "cifar-10-batches-bin")
+        pattern = "test_batch.bin" if src.kind == "cifar10-test" else "data_batch_*.bin"
+        paths = sorted(glob.glob(os.path.join(folder, pattern)))  # read_cifar10's files, in its order
+        return np.concatenate([np.fromfile(p, np.uint8).reshape(-1, CIFAR_RECORD)[:, 0] for p in paths])
+    return None
+
+
+def _read_idx_labels(path: str) -> np.ndarray:
+    data = _read_maybe_gzipped(path)
+    if len(data) < 8 or struct.unpack(">I", data[:4])[0] != IDX1_UBYTE_MAGIC:
+        raise ConfigError(f"{path}: not an idx1-ubyte label file (magic 0x{IDX1_UBYTE_MAGIC:08x})")
+    n = struct.unpack(">I", data[4:8])[0]
+    if len(data) != 8 + n:
+        raise ConfigError(f"{path}: wrong length: its header says {n} labels but it has {len(data) - 8} bytes")
+    return np.frombuffer(data, np.uint8, offset=8).copy()
 
 
 # --- conform: any accepted array -> uint8 (N, S, S, C) -------------------------------------------
