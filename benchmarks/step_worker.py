@@ -62,6 +62,7 @@ def main() -> None:
         cpu.append((time.process_time() - c0) / a.steps)
     loss = float(jax.device_get(metrics["loss"]))
     assert np.isfinite(loss), loss
+    conv_rate = reference_conv_gflops(a.windows) if c.arch == "conv" else None
 
     dt = float(np.median(times))
     device = jax.devices()[0]
@@ -74,7 +75,28 @@ def main() -> None:
         "flops_per_step": flops * len(jax.devices()),  # XLA's cost analysis counts one device's share
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device_peak_mb": stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else None,
+        "arch": c.arch, "reference_conv_gflops": conv_rate,
     }))
+
+
+def reference_conv_gflops(windows: int) -> float:
+    """GFLOP/s of one 3x3 conv, 32 -> 32 channels on 32x32 images, batch 32, forward and backward (3x the
+    forward FLOPs): this machine's conv rate, which a conv model's achieved rate is set beside."""
+    import jax.numpy as jnp
+
+    x, w = jnp.ones((32, 32, 32, 32)), jnp.full((3, 3, 32, 32), 0.01)
+    conv = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",  # noqa: E731
+                                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    grad = jax.jit(jax.grad(lambda x, w: jnp.sum(conv(x, w) ** 2), argnums=(0, 1)))
+    jax.block_until_ready(grad(x, w))
+    times = []
+    for _ in range(windows):
+        t0 = time.perf_counter()
+        for _ in range(10):
+            out = grad(x, w)
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - t0) / 10)
+    return 3 * 32 * 32 * 32 * 9 * 32 * 32 * 2 / float(np.median(times)) / 1e9
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ class TrainArgs:
 
     config: Annotated[Config, tyro.conf.arg(name="")]
     preset: str = "seed"
-    """Named defaults: seed | tiny."""
+    """Named defaults: seed (the chapter's) | tiny (the conv CPU demo) | tiny-transformer."""
     out: str = "runs/default"
     """Run directory to create."""
     overwrite: bool = False
@@ -290,7 +290,7 @@ def run_traverse(argv: list[str]) -> int:
 
 # name -> (function taking the remaining argv, one-line description)
 COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "train": (run_train, "train a VAE (--preset seed|tiny, every config field a flag)"),
+    "train": (run_train, "train a VAE (--preset seed|tiny|tiny-transformer, every config field a flag)"),
     "sample": (run_sample, "decode prior samples of a run into a PNG"),
     "reconstruct": (run_reconstruct, "reconstruct held-out images of a run into a PNG"),
     "interpolate": (run_interpolate, "interpolate between two held-out images into a PNG"),
