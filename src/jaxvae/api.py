@@ -4,14 +4,18 @@
     q = vae.encode(x)            # DiagonalGaussian over z, x (B,S,S,C) in [-1,1]
     p = vae.decode(q.mean)       # DiagonalGaussian over x
     vae.reconstruct(x); vae.sample(16, seed=0, temperature=0.8)
+    vae.sample(16, sampler="gmm")  # from RUN/samplers/gmm.json (jaxvae fit-sampler)
     vae.interpolate(x0, x1, steps=10, method="slerp")
 
-Loading only reads the run (config.json and the parameters of the latest checkpoint).
+Loading only reads the run: config.json and the parameters of one checkpoint, by default the best by
+validation loss (`checkpoint="latest"` or a step number pick another); vae.checkpoint_step and
+vae.checkpoint_note say which.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import jax
@@ -20,7 +24,7 @@ from flax import nnx
 
 from jaxvae import run as run_lib
 from jaxvae import sample as sample_lib
-from jaxvae.checkpoint import Checkpointer
+from jaxvae.checkpoint import Checkpointer, parse_checkpoint
 from jaxvae.config import Config
 from jaxvae.distributions import DiagonalGaussian
 from jaxvae.model import VAE, build
@@ -29,8 +33,10 @@ from jaxvae.model import VAE, build
 class TrainedVAE:
     """A trained model and its config. Inputs: numpy or JAX arrays; outputs: numpy."""
 
-    def __init__(self, config: Config, model: VAE, run_dir: Path | None = None):
+    def __init__(self, config: Config, model: VAE, run_dir: Path | None = None, checkpoint_step: int | None = None,
+                 checkpoint_note: str = ""):
         self.config, self.model, self.run_dir = config, model, run_dir
+        self.checkpoint_step, self.checkpoint_note = checkpoint_step, checkpoint_note
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -65,10 +71,22 @@ class TrainedVAE:
     def reconstruct(self, x) -> np.ndarray:
         return sample_lib.reconstruct(self.model, self._images(x))
 
-    def sample(self, n: int, seed: int = 0, temperature: float = 1.0) -> np.ndarray:
+    def sample(self, n: int, seed: int = 0, temperature: float = 1.0, sampler: str | None = None) -> np.ndarray:
+        """n decoded draws of the prior, or with sampler="gmm" of the run's fitted sampler (jaxvae fit-sampler)."""
         if n <= 0:
             raise ValueError(f"n must be positive, got {n}")
-        return sample_lib.sample_prior(self.model, n, jax.random.key(seed), temperature)
+        if sampler is None:
+            return sample_lib.sample_prior(self.model, n, jax.random.key(seed), temperature)
+        from jaxvae import samplers
+
+        if self.run_dir is None:
+            raise ValueError("a sampler is read from the run directory: load the model with jaxvae.load(run)")
+        fitted = samplers.load_sampler(self.run_dir, sampler)
+        fitted_at = fitted.info.get("checkpoint_step")
+        if fitted_at is not None and self.checkpoint_step is not None and fitted_at != self.checkpoint_step:
+            print(f"jaxvae: warning: the {sampler} sampler was fitted to checkpoint {fitted_at}, this model is "
+                  f"checkpoint {self.checkpoint_step}", file=sys.stderr, flush=True)
+        return sample_lib.decode_mean(self.model, fitted.sample(n, seed, temperature))
 
     def interpolate(self, x0, x1, steps: int = 10, method: str = "slerp") -> np.ndarray:
         a, b = self._images(x0, "x0"), self._images(x1, "x1")
@@ -87,10 +105,19 @@ def _decode(model, z):
     return model.decode(z)
 
 
-def load(run_dir: str | os.PathLike) -> TrainedVAE:
-    """Load a trained run (its latest checkpoint) without writing anything to it."""
+def load(run_dir: str | os.PathLike, checkpoint: str | int = "best") -> TrainedVAE:
+    """Load a trained run without writing anything to it.
+
+    checkpoint: "best" (lowest validation loss; the latest when none has one), "latest", or a step number.
+    """
     path, config = run_lib.open_run(run_dir)
+    which = parse_checkpoint(checkpoint)  # bad input is refused before anything is read
     abstract = nnx.eval_shape(lambda: build(config))
     graphdef, params_template = nnx.split(abstract)
-    params = Checkpointer(path, read_only=True).restore_params(params_template)
-    return TrainedVAE(config, nnx.merge(graphdef, params), path)
+    step, note, params = Checkpointer(path, read_only=True).restore_selected(params_template, which)
+    return TrainedVAE(config, nnx.merge(graphdef, params), path, step, note)
+
+
+def say_checkpoint(vae: TrainedVAE) -> None:
+    """The one line on stderr by which a command says which checkpoint it uses."""
+    print(f"jaxvae: checkpoint {vae.checkpoint_step} ({vae.checkpoint_note})", file=sys.stderr, flush=True)

@@ -48,7 +48,8 @@ class TrainArgs:
 
 @dataclasses.dataclass(frozen=True)
 class SampleArgs:
-    """Decode draws from the prior z ~ N(0, T^2 I) of a trained run into a PNG grid."""
+    """Decode draws from the prior of a trained run (z ~ N(0, T^2 I) for the normal prior), or from a fitted
+    sampler (--sampler gmm), into a PNG grid."""
 
     run: Positional[str]
     """Run directory."""
@@ -60,6 +61,10 @@ class SampleArgs:
     """Prior temperature T (scale of z)."""
     seed: int = 0
     """Seed of the draws."""
+    sampler: str = ""
+    """Draw z from a sampler fitted by `jaxvae fit-sampler` (gmm) instead of the prior."""
+    checkpoint: str = "best"
+    """Which checkpoint: best (by validation loss) | latest | a step number."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +77,8 @@ class ReconstructArgs:
     """PNG file to write."""
     n: int = 10
     """Number of held-out images."""
+    checkpoint: str = "best"
+    """Which checkpoint: best (by validation loss) | latest | a step number."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +97,8 @@ class InterpolateArgs:
     """Index of the first held-out image."""
     second: int = 1
     """Index of the second held-out image."""
+    checkpoint: str = "best"
+    """Which checkpoint: best (by validation loss) | latest | a step number."""
 
 
 def run_train(argv: list[str]) -> int:
@@ -107,6 +116,16 @@ def run_train(argv: list[str]) -> int:
     return 0
 
 
+def _load(run: str, checkpoint: str):
+    """jaxvae.load(run, checkpoint), saying on stderr which checkpoint it used."""
+    import jaxvae
+    from jaxvae.api import say_checkpoint
+
+    vae = jaxvae.load(run, checkpoint=checkpoint)
+    say_checkpoint(vae)
+    return vae
+
+
 def _held_out(vae, n: int):
     from jaxvae import data as data_lib
 
@@ -114,24 +133,27 @@ def _held_out(vae, n: int):
 
 
 def run_sample(argv: list[str]) -> int:
-    import jaxvae
     from jaxvae import plots
 
     a = _parse(SampleArgs, argv, prog="sample")
     _positive(n=a.n)
-    vae = jaxvae.load(a.run)
-    images = vae.sample(a.n, seed=a.seed, temperature=a.temperature)
-    plots.image_grid(images, _out(a.out), rows=max(1, a.n // 10), title=f"prior samples, T = {a.temperature}")
+    if a.sampler:  # refused before anything is read or written when there is none
+        from jaxvae import samplers
+
+        samplers.load_sampler(a.run, a.sampler)
+    vae = _load(a.run, a.checkpoint)
+    images = vae.sample(a.n, seed=a.seed, temperature=a.temperature, sampler=a.sampler or None)
+    what = f"{a.sampler} sampler" if a.sampler else "prior"
+    plots.image_grid(images, _out(a.out), rows=max(1, a.n // 10), title=f"{what} samples, T = {a.temperature}")
     return 0
 
 
 def run_reconstruct(argv: list[str]) -> int:
-    import jaxvae
     from jaxvae import plots, sample
 
     a = _parse(ReconstructArgs, argv, prog="reconstruct")
     _positive(n=a.n)
-    vae = jaxvae.load(a.run)
+    vae = _load(a.run, a.checkpoint)
     x = _held_out(vae, a.n)
     recon = vae.reconstruct(x)
     plots.reconstructions(x, recon, sample.pixel_mse(x, recon), _out(a.out))
@@ -139,14 +161,13 @@ def run_reconstruct(argv: list[str]) -> int:
 
 
 def run_interpolate(argv: list[str]) -> int:
-    import jaxvae
     from jaxvae import plots, sample
 
     a = _parse(InterpolateArgs, argv, prog="interpolate")
     _positive(steps=a.steps)
     if a.method not in sample.INTERPOLATIONS:
         raise ConfigError(f"unknown method {a.method!r}: choose slerp or lerp")
-    vae = jaxvae.load(a.run)
+    vae = _load(a.run, a.checkpoint)
     x = _held_out(vae, max(a.first, a.second) + 1)
     if min(a.first, a.second) < 0 or max(a.first, a.second) >= len(x):
         raise ConfigError(f"--first/--second must index the {len(x)} held-out images")
@@ -174,6 +195,12 @@ def run_report(argv: list[str]) -> int:
     return report.run_report(argv)
 
 
+def run_fit_sampler(argv: list[str]) -> int:
+    from jaxvae import samplers
+
+    return samplers.run_fit_sampler(argv)
+
+
 def run_traverse(argv: list[str]) -> int:
     from jaxvae import latents
 
@@ -190,6 +217,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "show-data": (run_show_data, "write a grid of dataset images to a PNG"),
     "report": (run_report, "write a run's self-contained HTML report (RUN/report.html)"),
     "traverse": (run_traverse, "latent traversals of the most active (or --dims) dimensions into a PNG"),
+    "fit-sampler": (run_fit_sampler, "fit a sampler (gmm) to a run's latent codes: RUN/samplers/gmm.json"),
     "evaluate": (run_evaluate, "-ELBO, IWAE log p(x), bits/dim, MSE/PSNR/SSIM, active units, KL per dim, MI"),
 }
 

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxvae import priors
 from jaxvae.config import Config
 from jaxvae.distributions import Bernoulli, DiagonalGaussian
 
@@ -274,7 +275,8 @@ class MLPDecoder(nnx.Module):
 
 
 class VAE(nnx.Module):
-    """encode(x) -> q(z|x), a DiagonalGaussian; decode(z) -> p(x|z), a DiagonalGaussian or Bernoulli."""
+    """encode(x) -> q(z|x), a DiagonalGaussian; decode(z) -> p(x|z), a DiagonalGaussian or Bernoulli;
+    prior, p(z) (priors.py)."""
 
     def __init__(self, c: Config, *, rngs: nnx.Rngs):
         self.posterior_scale = c.posterior_scale
@@ -286,6 +288,9 @@ class VAE(nnx.Module):
         encoder, decoder = (Encoder, Decoder) if c.arch == "transformer" else (MLPEncoder, MLPDecoder)
         self.encoder = encoder(c, rngs=rngs)
         self.decoder = decoder(c, rngs=rngs)
+        # p(z), built after the encoder and decoder so that their initialisation does not depend on it;
+        # a VampPrior shares the encoder (see priors.py). Every consumer of log p(z) asks this one.
+        self.prior = priors.build(c, self.encoder, rngs=rngs)
         shared = c.decoder_variance == "learned" and c.decoder_scale_sharing == "shared"
         # One learned raw scale for every output value (read through decoder_scale like the others).
         self.shared_raw_scale = nnx.Param(jnp.zeros(())) if shared and c.likelihood == "gaussian" else None
