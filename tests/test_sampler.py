@@ -80,6 +80,10 @@ def test_fit_sampler_writes_gmm_json_and_sample_draws_from_it(run_with_checkpoin
     out = tmp_path / "gmm.png"
     assert cli.main(["sample", str(run), "--sampler", "gmm", "--n", "4", "--out", str(out)]) == 0
     assert Image.open(out).size[0] > 0
+    from jaxvae.report import build_report
+
+    page = build_report(run)  # prior and sampler samples side by side, with the held-out figures
+    assert "Samples: prior and gmm sampler" in page and f"{fitted.heldout_loglik_sampler:.2f} nats" in page
 
 
 def test_sampler_and_fit_sampler_refusals(run_with_checkpoint, tmp_path, capsys):

@@ -35,8 +35,8 @@ def curves(records: list[dict], path: Path) -> None:
     fig, axs = plt.subplots(1, 5 + bool(terms), figsize=(18 + 3.6 * bool(terms), 3))
     if terms:
         for key in terms:
-            axs[5].plot(*zip(*[(r["step"], r[key]) for r in records if key in r], strict=True),
-                        label=OBJECTIVE_TERMS[key])
+            pts = [(r["step"], r[key]) for r in records if key in r]
+            axs[5].plot(*zip(*pts, strict=True), label=OBJECTIVE_TERMS[key], marker="." if len(pts) < 3 else None)
         axs[5].set_title("Objective Terms (nats)")
         axs[5].set_xlabel("step")
         axs[5].legend()
