@@ -138,8 +138,10 @@ def run_sample(argv: list[str]) -> int:
     a = _parse(SampleArgs, argv, prog="sample")
     _positive(n=a.n)
     if a.sampler:  # refused before anything is read or written when there is none
+        from jaxvae import run as run_lib
         from jaxvae import samplers
 
+        run_lib.open_run(a.run)
         samplers.load_sampler(a.run, a.sampler)
     vae = _load(a.run, a.checkpoint)
     images = vae.sample(a.n, seed=a.seed, temperature=a.temperature, sampler=a.sampler or None)
