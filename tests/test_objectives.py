@@ -266,3 +266,17 @@ def test_evaluate_binarizes_as_trained_and_says_how():
     r3 = evaluate(model, images, 4, config=cd, per_example=True, seed=1)
     assert r1["per_example"]["iwae"] == r2["per_example"]["iwae"] != r3["per_example"]["iwae"]
     assert r1["binarization"].startswith("dynamic: one fixed stochastic binarization")
+
+
+def test_btcvae_takes_n_from_the_data_and_its_step_returns_its_terms():
+    from jaxvae.train import resolve_dataset_size
+
+    c = micro_config(arch="mlp", objective="btcvae", tc_weight=3.0)
+    images = np.zeros((37, 16, 16, 3), np.uint8)
+    resolved = resolve_dataset_size(c, data_lib.Dataset(train=images, val=images[:4], source="array"))
+    assert resolved.dataset_size == 37
+    assert resolve_dataset_size(c.replace(dataset_size=60000), None).dataset_size == 60000  # given: kept
+    graphdef, state = init_state(resolved)
+    _, m = make_train_step(graphdef, resolved)(state, _batch(c, 16))
+    assert {"mi", "tc", "dimwise_kl"} <= set(m)  # logged to metrics.jsonl like every metric of the step
+    assert np.isfinite([float(m[k]) for k in ("loss", "mi", "tc", "dimwise_kl")]).all()
