@@ -4,15 +4,19 @@
     q = vae.encode(x)            # DiagonalGaussian over z, x (B,S,S,C) in [-1,1]
     p = vae.decode(q.mean)       # DiagonalGaussian over x
     vae.reconstruct(x); vae.sample(16, seed=0, temperature=0.8)
+    vae.sample(16, sampler="gmm")  # from RUN/samplers/gmm.json (jaxvae fit-sampler)
     vae.interpolate(x0, x1, steps=10, method="slerp")
 
-Loading only reads the run (config.json and the parameters of the latest checkpoint), or a file
-that `jaxvae export` wrote (jaxvae.load("model.safetensors"), see export.py): the same model.
+Loading only reads the run: config.json and the parameters of one checkpoint, by default the best by
+validation loss (`checkpoint="latest"` or a step number pick another); vae.checkpoint_step and
+vae.checkpoint_note say which. Or a file that `jaxvae export` wrote (jaxvae.load("model.safetensors"),
+see export.py): the same model.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import jax
@@ -21,7 +25,7 @@ from flax import nnx
 
 from jaxvae import run as run_lib
 from jaxvae import sample as sample_lib
-from jaxvae.checkpoint import Checkpointer
+from jaxvae.checkpoint import Checkpointer, parse_checkpoint
 from jaxvae.config import Config, ConfigError
 from jaxvae.distributions import DiagonalGaussian
 from jaxvae.model import VAE, build
@@ -30,9 +34,10 @@ from jaxvae.model import VAE, build
 class TrainedVAE:
     """A trained model and its config. Inputs: numpy or JAX arrays; outputs: numpy."""
 
-    def __init__(self, config: Config, model: VAE, run_dir: Path | None = None, *, source: Path | None = None,
-                 latent_scale: float | None = None):
+    def __init__(self, config: Config, model: VAE, run_dir: Path | None = None, checkpoint_step: int | None = None,
+                 checkpoint_note: str = "", *, source: Path | None = None, latent_scale: float | None = None):
         self.config, self.model, self.run_dir = config, model, run_dir
+        self.checkpoint_step, self.checkpoint_note = checkpoint_step, checkpoint_note
         self.source = source or run_dir  # the run directory or the exported file it was loaded from
         self._latent_scale = latent_scale
 
@@ -84,10 +89,22 @@ class TrainedVAE:
     def reconstruct(self, x) -> np.ndarray:
         return sample_lib.reconstruct(self.model, self._images(x))
 
-    def sample(self, n: int, seed: int = 0, temperature: float = 1.0) -> np.ndarray:
+    def sample(self, n: int, seed: int = 0, temperature: float = 1.0, sampler: str | None = None) -> np.ndarray:
+        """n decoded draws of the prior, or with sampler="gmm" of the run's fitted sampler (jaxvae fit-sampler)."""
         if n <= 0:
             raise ValueError(f"n must be positive, got {n}")
-        return sample_lib.sample_prior(self.model, n, jax.random.key(seed), temperature)
+        if sampler is None:
+            return sample_lib.sample_prior(self.model, n, jax.random.key(seed), temperature)
+        from jaxvae import samplers
+
+        if self.run_dir is None:
+            raise ValueError("a sampler is read from the run directory: load the model with jaxvae.load(run)")
+        fitted = samplers.load_sampler(self.run_dir, sampler)
+        fitted_at = fitted.info.get("checkpoint_step")
+        if fitted_at is not None and self.checkpoint_step is not None and fitted_at != self.checkpoint_step:
+            print(f"jaxvae: warning: the {sampler} sampler was fitted to checkpoint {fitted_at}, this model is "
+                  f"checkpoint {self.checkpoint_step}", file=sys.stderr, flush=True)
+        return sample_lib.decode_mean(self.model, fitted.sample(n, seed, temperature))
 
     def interpolate(self, x0, x1, steps: int = 10, method: str = "slerp") -> np.ndarray:
         a, b = self._images(x0, "x0"), self._images(x1, "x1")
@@ -106,22 +123,27 @@ def _decode(model, z):
     return model.decode(z)
 
 
-def load(run_dir: str | os.PathLike, step: int | None = None) -> TrainedVAE:
-    """Load a trained run (its latest checkpoint, or checkpoint `step`) without writing anything to
-    it, or a model file written by `jaxvae export`."""
+def load(run_dir: str | os.PathLike, checkpoint: str | int = "best") -> TrainedVAE:
+    """Load a trained run without writing anything to it, or a model file written by `jaxvae export`.
+
+    checkpoint: "best" (lowest validation loss; the latest when none has one), "latest", or a step number.
+    """
     if Path(run_dir).is_file() or (Path(run_dir).suffix == ".safetensors" and not Path(run_dir).is_dir()):
         from jaxvae import export
 
         export.check_is_export(run_dir)
-        if step is not None:
+        if checkpoint not in ("best", "latest"):
             raise ConfigError(f"{run_dir} is an exported model: it holds one set of parameters, no checkpoints")
         return export.load(run_dir)
     path, config = run_lib.open_run(run_dir)
+    which = parse_checkpoint(checkpoint)  # bad input is refused before anything is read
     abstract = nnx.eval_shape(lambda: build(config))
     graphdef, params_template = nnx.split(abstract)
-    checkpointer = Checkpointer(path, read_only=True)
-    if step is not None and step not in checkpointer.steps():
-        have = ", ".join(map(str, checkpointer.steps())) or "none"
-        raise run_lib.RunError(f"{path} has no checkpoint {step} (it has: {have})")
-    params = checkpointer.restore_params(params_template, step)
-    return TrainedVAE(config, nnx.merge(graphdef, params), path)
+    step, note, params = Checkpointer(path, read_only=True).restore_selected(params_template, which)
+    return TrainedVAE(config, nnx.merge(graphdef, params), path, step, note)
+
+
+def say_checkpoint(vae: TrainedVAE) -> None:
+    """The one line on stderr by which a command says which checkpoint it uses."""
+    if vae.checkpoint_step is not None:  # an exported file has no checkpoints
+        print(f"jaxvae: checkpoint {vae.checkpoint_step} ({vae.checkpoint_note})", file=sys.stderr, flush=True)

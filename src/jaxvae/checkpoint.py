@@ -72,6 +72,18 @@ def all_finite(tree) -> bool:
     return all(np.isfinite(x).all() for x in leaves if np.issubdtype(x.dtype, np.inexact))
 
 
+def parse_checkpoint(value: str | int) -> str | int:
+    """--checkpoint best | latest | STEP -> "best", "latest" or the step as an int."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    text = str(value).strip()
+    if text in ("best", "latest"):
+        return text
+    if text.isdigit():
+        return int(text)
+    raise RunError(f"--checkpoint must be best, latest or a step number, got {value!r}")
+
+
 def _reason(e: BaseException) -> str:
     text = (getattr(e, "strerror", None) or str(e) or type(e).__name__).strip().splitlines()[0]
     return text[:300]
@@ -221,6 +233,40 @@ class Checkpointer:
         if step is None:
             raise RunError(f"no checkpoint in {self.directory}: was the run interrupted before its first save?")
         return params
+
+    def restore_selected(self, params_template, which: str | int = "best") -> tuple[int, str, object]:
+        """The parameters of the checkpoint `which` names: (step, how it was chosen, params).
+
+        which: "best" (lowest validation loss; the latest when no checkpoint has one), "latest" (the
+        newest that is not damaged) or a step number, which must exist. A damaged best checkpoint
+        falls back to the latest good one, with a warning.
+        """
+        which = parse_checkpoint(which)
+        items = {"params": ocp.args.StandardRestore(_abstract(params_template))}
+        steps = self.steps()
+        if not steps:
+            raise RunError(f"no checkpoint in {self.directory}: was the run interrupted before its first save?")
+        if isinstance(which, int):
+            if which not in steps:
+                raise RunError(f"no checkpoint at step {which} in {self.directory}: it has steps "
+                               f"{', '.join(map(str, steps))}")
+            try:
+                return which, f"step {which}", self._restore_verified(which, items)["params"]
+            except Exception as e:
+                raise RunError(f"checkpoint {which} in {self.directory} is damaged: {_reason(e)}") from None
+        how = "latest"
+        best = self.manager.best_step() if which == "best" else None
+        if best is not None:
+            try:
+                return best, "best by validation loss", self._restore_verified(best, items)["params"]
+            except Exception as e:
+                warn(f"the best checkpoint {best} in {self.directory} is damaged: {_reason(e)}; "
+                     "using the latest good one")
+                how = "latest; the best one is damaged"
+        elif which == "best":
+            how = "latest; no checkpoint has a validation loss"
+        step, params = self.restore_latest_good(lambda s: self._restore_verified(s, items)["params"])
+        return step, how, params
 
     def _restore_verified(self, step: int, items: dict) -> dict:
         has_digests = (self.directory / str(step) / "integrity").is_dir()

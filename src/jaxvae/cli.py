@@ -49,7 +49,8 @@ class TrainArgs:
 
 @dataclasses.dataclass(frozen=True)
 class SampleArgs:
-    """Decode draws from the prior z ~ N(0, T^2 I) of a trained run into a PNG grid."""
+    """Decode draws from the prior of a trained run (z ~ N(0, T^2 I) for the normal prior), or from a fitted
+    sampler (--sampler gmm), into a PNG grid."""
 
     run: Positional[str]
     """Run directory, or a model file written by `jaxvae export`."""
@@ -61,6 +62,10 @@ class SampleArgs:
     """Prior temperature T (scale of z)."""
     seed: int = 0
     """Seed of the draws."""
+    sampler: str = ""
+    """Draw z from a sampler fitted by `jaxvae fit-sampler` (gmm) instead of the prior."""
+    checkpoint: str = "best"
+    """Which checkpoint: best (by validation loss) | latest | a step number."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +78,8 @@ class ReconstructArgs:
     """PNG file to write."""
     n: int = 10
     """Number of held-out images."""
+    checkpoint: str = "best"
+    """Which checkpoint: best (by validation loss) | latest | a step number."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +98,8 @@ class InterpolateArgs:
     """Index of the first held-out image."""
     second: int = 1
     """Index of the second held-out image."""
+    checkpoint: str = "best"
+    """Which checkpoint: best (by validation loss) | latest | a step number."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,8 +118,8 @@ class EncodeArgs:
     """mean (mean and log_std of q(z|x)) | sample (one draw z ~ q(z|x)) | both."""
     seed: int = 0
     """Seed of the samples: example i draws from fold_in(key(seed), i)."""
-    checkpoint: str = "latest"
-    """Which checkpoint of the run: latest, or a step number."""
+    checkpoint: str = "best"
+    """Which checkpoint of the run: best (by validation loss) | latest | a step number."""
     batch_size: int = 256
     """Examples per device call (rounded up to a multiple of the local devices)."""
     data_key: str = ""
@@ -133,29 +142,13 @@ class ExportArgs:
     """Run directory."""
     out: str = "model.safetensors"
     """The .safetensors file to write (never inside a run directory)."""
-    checkpoint: str = "latest"
-    """Which checkpoint of the run: latest, or a step number."""
+    checkpoint: str = "best"
+    """Which checkpoint of the run: best (by validation loss) | latest | a step number."""
     data: str = ""
     """Measure the latent scale on this --data source (default: the run's training split, at most
     4096 examples, evenly strided)."""
     overwrite: bool = False
     """Replace --out if it exists."""
-
-
-def _checkpoint_step(checkpoint: str) -> int | None:
-    """--checkpoint latest | STEP -> None (the latest good one) or the step."""
-    if checkpoint == "latest":
-        return None
-    if checkpoint.isdigit():
-        return int(checkpoint)
-    raise ConfigError(f"--checkpoint must be latest or a step number, got {checkpoint!r}")
-
-
-def _load(run: str, checkpoint: str):
-    import jaxvae
-
-    step = _checkpoint_step(checkpoint)
-    return jaxvae.load(run, step) if step is not None else jaxvae.load(run)
 
 
 def run_encode(argv: list[str]) -> int:
@@ -194,8 +187,9 @@ def run_export(argv: list[str]) -> int:
         raise ConfigError(f"{a.run} is a file: export takes a run directory")
     vae = _load(a.run, a.checkpoint)
     scale, where = encode.run_latent_scale(vae, a.data)
-    export.save(vae, out, latent_scale=scale, latent_scale_examples=where, checkpoint=a.checkpoint)
-    print(f"wrote {out}: {vae.config.arch} VAE, z_dim {vae.config.z_dim}, checkpoint {a.checkpoint}; "
+    which = f"{vae.checkpoint_step} ({vae.checkpoint_note})"
+    export.save(vae, out, latent_scale=scale, latent_scale_examples=where, checkpoint=which)
+    print(f"wrote {out}: {vae.config.arch} VAE, z_dim {vae.config.z_dim}, checkpoint {which}; "
           f"latent_scale {scale if scale is None else f'{scale:.6g}'} over {where}")
     return 0
 
@@ -215,6 +209,16 @@ def run_train(argv: list[str]) -> int:
     return 0
 
 
+def _load(run: str, checkpoint: str):
+    """jaxvae.load(run, checkpoint), saying on stderr which checkpoint it used."""
+    import jaxvae
+    from jaxvae.api import say_checkpoint
+
+    vae = jaxvae.load(run, checkpoint=checkpoint)
+    say_checkpoint(vae)
+    return vae
+
+
 def _held_out(vae, n: int):
     from jaxvae import data as data_lib
 
@@ -222,24 +226,29 @@ def _held_out(vae, n: int):
 
 
 def run_sample(argv: list[str]) -> int:
-    import jaxvae
     from jaxvae import plots
 
     a = _parse(SampleArgs, argv, prog="sample")
     _positive(n=a.n)
-    vae = jaxvae.load(a.run)
-    images = vae.sample(a.n, seed=a.seed, temperature=a.temperature)
-    plots.image_grid(images, _out(a.out), rows=max(1, a.n // 10), title=f"prior samples, T = {a.temperature}")
+    if a.sampler:  # refused before anything is read or written when there is none
+        from jaxvae import run as run_lib
+        from jaxvae import samplers
+
+        run_lib.open_run(a.run)
+        samplers.load_sampler(a.run, a.sampler)
+    vae = _load(a.run, a.checkpoint)
+    images = vae.sample(a.n, seed=a.seed, temperature=a.temperature, sampler=a.sampler or None)
+    what = f"{a.sampler} sampler" if a.sampler else "prior"
+    plots.image_grid(images, _out(a.out), rows=max(1, a.n // 10), title=f"{what} samples, T = {a.temperature}")
     return 0
 
 
 def run_reconstruct(argv: list[str]) -> int:
-    import jaxvae
     from jaxvae import plots, sample
 
     a = _parse(ReconstructArgs, argv, prog="reconstruct")
     _positive(n=a.n)
-    vae = jaxvae.load(a.run)
+    vae = _load(a.run, a.checkpoint)
     x = _held_out(vae, a.n)
     recon = vae.reconstruct(x)
     plots.reconstructions(x, recon, sample.pixel_mse(x, recon), _out(a.out))
@@ -247,14 +256,13 @@ def run_reconstruct(argv: list[str]) -> int:
 
 
 def run_interpolate(argv: list[str]) -> int:
-    import jaxvae
     from jaxvae import plots, sample
 
     a = _parse(InterpolateArgs, argv, prog="interpolate")
     _positive(steps=a.steps)
     if a.method not in sample.INTERPOLATIONS:
         raise ConfigError(f"unknown method {a.method!r}: choose slerp or lerp")
-    vae = jaxvae.load(a.run)
+    vae = _load(a.run, a.checkpoint)
     x = _held_out(vae, max(a.first, a.second) + 1)
     if min(a.first, a.second) < 0 or max(a.first, a.second) >= len(x):
         raise ConfigError(f"--first/--second must index the {len(x)} held-out images")
@@ -282,6 +290,12 @@ def run_report(argv: list[str]) -> int:
     return report.run_report(argv)
 
 
+def run_fit_sampler(argv: list[str]) -> int:
+    from jaxvae import samplers
+
+    return samplers.run_fit_sampler(argv)
+
+
 def run_traverse(argv: list[str]) -> int:
     from jaxvae import latents
 
@@ -300,6 +314,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "traverse": (run_traverse, "latent traversals of the most active (or --dims) dimensions into a PNG"),
     "encode": (run_encode, "encode every example of a --data source into latents (.npz), with the latent scale"),
     "export": (run_export, "write a run's parameters, config and latent scale as one .safetensors file"),
+    "fit-sampler": (run_fit_sampler, "fit a sampler (gmm) to a run's latent codes: RUN/samplers/gmm.json"),
     "evaluate": (run_evaluate, "-ELBO, IWAE log p(x), bits/dim, MSE/PSNR/SSIM, active units, KL per dim, MI"),
 }
 

@@ -17,6 +17,9 @@ SCALE_PARAMETERIZATIONS = ("log_var", "log_std", "softplus")
 ARCHS = ("transformer", "conv", "mlp", "linear")
 LIKELIHOODS = ("gaussian", "bernoulli", "logistic")
 SCALE_SHARINGS = ("per-dim", "shared")
+OBJECTIVES = ("elbo", "iwae", "btcvae")
+PRIORS = ("normal", "vamp")
+BINARIZE = ("", "static", "dynamic")
 
 
 class ConfigError(ValueError):
@@ -60,6 +63,9 @@ class Config:
     """Vector data: scale each column to mean 0, std 1 (with the statistics of the training split)."""
     dequantize: bool = False
     """8-bit images: train on pixel values k + u, u ~ U[0, 1), so that bits/dim bounds the discrete NLL."""
+    binarize: str = ""
+    """8-bit images under a bernoulli likelihood: static (threshold at 0.5) | dynamic (pixel ~ Bernoulli(intensity),
+    drawn afresh every training batch); empty: the data must already be binary."""
 
     # --- model ------------------------------------------------------------------------------
     arch: str = "transformer"
@@ -102,8 +108,24 @@ class Config:
     """logistic: K logistics in the mixture of each pixel value."""
     precision: str = "fp32"
     """Matmul compute dtype: fp32 | bf16 (parameters and losses stay fp32)."""
+    prior: str = "normal"
+    """p(z): normal (N(0, I)) | vamp (VampPrior: a mixture of the posteriors of --pseudo-inputs learned inputs)."""
+    pseudo_inputs: int = 500
+    """VampPrior: K, learned pseudo-inputs in data space (Tomczak & Welling 2018 use 500)."""
 
     # --- objective and optimisation ---------------------------------------------------------
+    objective: str = "elbo"
+    """elbo (beta-weighted) | iwae (importance-weighted bound, --iw-k samples) | btcvae (MI + TC + dim-wise KL)."""
+    iw_k: int = 5
+    """iwae: K importance samples per example."""
+    mi_weight: float = 1.0
+    """btcvae: weight of the index-code mutual information."""
+    tc_weight: float = 1.0
+    """btcvae: weight of the total correlation (Chen et al. 2018's beta; they use ~6)."""
+    dimwise_weight: float = 1.0
+    """btcvae: weight of the dimension-wise KL."""
+    dataset_size: int = 0
+    """btcvae: N, the training examples behind the aggregate posterior q(z) (0: set from the data at the start)."""
     beta: float = 100.0
     """Weight of the KL term (the chapter's 100; 1 is the true ELBO)."""
     kl_warmup_steps: int = 0
@@ -256,9 +278,32 @@ def validate(c: Config) -> None:
     _check(c.beta >= 0, f"beta must be >= 0, got {c.beta}")
     _check(c.lr > 0, f"lr must be > 0, got {c.lr}")
     _check(0.0 <= c.val_fraction < 1.0, f"val_fraction must be in [0, 1), got {c.val_fraction}")
+    check_objective_options(c)
     for name in ("keep", "max_bad_steps"):  # checkpoint retention and the non-finite guard
         value = getattr(c, name)
         _check(isinstance(value, int) and value > 0, f"{name} must be a positive integer, got {value!r}")
+
+
+def check_objective_options(c: Config) -> None:
+    """The checks of the objective, prior and binarization settings."""
+    _check(c.objective in OBJECTIVES, f"unknown objective {c.objective!r}: choose one of {', '.join(OBJECTIVES)}")
+    _check(isinstance(c.iw_k, int) and c.iw_k > 0, f"iw_k must be a positive integer, got {c.iw_k!r}")
+    for name in ("mi_weight", "tc_weight", "dimwise_weight"):
+        _check(getattr(c, name) >= 0, f"{name} must be >= 0, got {getattr(c, name)}")
+    _check(isinstance(c.dataset_size, int) and c.dataset_size >= 0,
+           f"dataset_size must be >= 0, got {c.dataset_size!r}")
+    _check(not (c.objective == "btcvae" and c.batch_size < 2),
+           "--objective btcvae estimates q(z) from the other examples of a batch: batch_size must be >= 2")
+    _check(not (c.free_bits > 0 and c.objective != "elbo"), "--free-bits goes with --objective elbo only")
+    _check(c.prior in PRIORS, f"unknown prior {c.prior!r}: choose one of {', '.join(PRIORS)}")
+    _check(not (c.prior == "vamp" and not (isinstance(c.pseudo_inputs, int) and c.pseudo_inputs > 0)),
+           f"--prior vamp needs --pseudo-inputs >= 1, got {c.pseudo_inputs!r}")
+    _check(not (c.prior == "vamp" and c.free_bits > 0),
+           "--free-bits needs a KL per latent dim, which the VampPrior (a mixture) does not split into")
+    _check(c.binarize in BINARIZE, f"unknown binarize {c.binarize!r}: choose static or dynamic")
+    _check(not (c.binarize and c.likelihood != "bernoulli"),
+           f"--binarize {c.binarize} is for a bernoulli likelihood, not {c.likelihood} (which models the pixel values)")
+    _check(not (c.binarize and c.data_dim), "--binarize is for 8-bit images, not vector data")
 
 
 # The chapter's exact setting: hidden 256, z 64, 8x8 patches of 64x64x3, depth 4, 4 heads,

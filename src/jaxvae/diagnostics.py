@@ -65,12 +65,14 @@ def mutual_information(mean: np.ndarray, log_std: np.ndarray, key: jax.Array, ca
 
 
 def collapse(posterior_mean: np.ndarray, posterior_log_std: np.ndarray, kl_per_dim: np.ndarray,
-             key: jax.Array, cap_bytes: int, seed: int = 0) -> dict:
+             key: jax.Array, cap_bytes: int, seed: int = 0, kl_total: np.ndarray | None = None) -> dict:
     """The diagnostics of N examples' posteriors, JSON-ready.
 
     Args:
       posterior_mean, posterior_log_std, kl_per_dim: (N, Z) each.
       key: for the MI draws; seed picks the (at most MI_EXAMPLES) examples MI is estimated on.
+      kl_total: (N,) each example's KL when the KLs per dim do not sum to it (a VampPrior's per-dim KLs
+        are against the prior's marginals); None: the sum of kl_per_dim.
     Returns: active_units, active_unit_threshold, latent_activity (Z, in latent order), kl_per_dim
       (sorted, largest first) with kl_per_dim_index (the latent of each), mutual_information with
       mutual_information_examples and _max (log M), and marginal_kl = E KL - I_q = KL(q(z) || p(z)).
@@ -90,7 +92,7 @@ def collapse(posterior_mean: np.ndarray, posterior_log_std: np.ndarray, kl_per_d
         "mutual_information": mi,
         "mutual_information_examples": len(pick),
         "mutual_information_max": math.log(len(pick)),
-        "marginal_kl": float(kl_dim.sum() - mi),
+        "marginal_kl": float((kl_dim.sum() if kl_total is None else np.mean(kl_total)) - mi),
     }
 
 

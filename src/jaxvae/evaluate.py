@@ -6,7 +6,8 @@ reconstruction quality, and whether its latents collapsed.
 
 Per example x, in nats (then the mean and its standard error over the examples):
   reconstruction_nll  -E_q[log p(x|z)], averaged over the K samples z_k ~ q(z|x)
-  kl                  KL(q(z|x) || N(0, I)), closed form
+  kl                  KL(q(z|x) || p(z)): closed form for N(0, I); for the VampPrior, which has none,
+                      the Monte Carlo mean of log q(z_k|x) - log p(z_k) over the K samples
   negative_elbo       reconstruction_nll + kl
   iwae                log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x) (Burda et al. 2016), a lower bound on
                       log p(x) that rises with K towards it: ELBO <= E[IWAE_K] <= E[IWAE_2K] <= log p(x)
@@ -19,7 +20,14 @@ activations fit under `memory_cap_mb`. Example i's noise is drawn from fold_in(k
 from fold_in of that, so the result does not depend on the chunking (tests check it).
 
 Over the whole set, the posterior-collapse diagnostics of diagnostics.py: active units, the KL per
-latent dim, and the mutual information I_q(x; z).
+latent dim, and the mutual information I_q(x; z). log p(z) is the model's prior's (priors.py). With a
+VampPrior the KL per dim is KL(q(z_j|x) || p(z_j)) against the prior's marginal in dim j, a 1-D
+mixture, estimated from the same K samples; as the prior's dims are dependent these do not sum to
+the KL, so marginal_kl is the total KL minus I_q.
+
+Binarized models (--binarize) are evaluated on binarized data: static thresholds at 0.5 as in
+training; dynamic uses the standard protocol, one fixed stochastic binarization of the evaluated
+set drawn from the seed (example i's from fold_in(key, i), independent of the chunking).
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ import numpy as np
 import tyro
 from flax import nnx
 
-from jaxvae import diagnostics, losses
+from jaxvae import diagnostics, losses, priors
 from jaxvae.config import Config, ConfigError
 from jaxvae.diagnostics import plot_kl_per_dim  # re-exported: evaluate()'s result is what it draws
 from jaxvae.distributions import DiagonalGaussian
@@ -51,7 +59,6 @@ DEFAULT_MEMORY_CAP_MB = 1024
 CPU_CALL_MB = 32
 MAX_BATCH = 256  # examples per device call, whatever the cap allows
 PSNR_CAP_DB = 100.0  # a perfect reconstruction has infinite PSNR; JSON holds no infinity
-_LOG_2PI = math.log(2.0 * math.pi)
 
 
 # --- planning -----------------------------------------------------------------------------------
@@ -86,7 +93,8 @@ def bytes_per_sample(c: Config) -> int:
         acts = 4 * c.hidden
     else:
         acts = 0
-    return 2 * 4 * (acts + 6 * d_out + 4 * c.z_dim)
+    prior = 2 * c.pseudo_inputs * c.z_dim if c.prior == "vamp" else 0  # log q(z|u_k) for every component
+    return 2 * 4 * (acts + 6 * d_out + 4 * c.z_dim + prior)
 
 
 def plan_chunks(k: int, n: int, sample_bytes: int, cap_bytes: int) -> Plan:
@@ -106,17 +114,14 @@ def iwae_ladder(k: int) -> tuple[int, ...]:
     return tuple(10**i for i in range(len(str(k))) if 10**i < k) + (k,)
 
 
-def _standard_normal_log_prob(z: jax.Array) -> jax.Array:
-    return jnp.sum(-0.5 * _LOG_2PI - 0.5 * jnp.square(z), axis=-1)
-
-
 def _ssim_filter(side: int) -> int:
     """dm-pix's default 11x11 window, shrunk (odd) for images smaller than that."""
     return min(11, side if side % 2 else side - 1)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "k", "plan", "dequantize", "images"))
-def _evaluate_batch(graphdef, params, x, idx, key, *, k: int, plan: Plan, dequantize: bool, images: bool):
+@functools.partial(jax.jit, static_argnames=("graphdef", "k", "plan", "dequantize", "images", "binarize"))
+def _evaluate_batch(graphdef, params, x, idx, key, *, k: int, plan: Plan, dequantize: bool, images: bool,
+                    binarize: str = ""):
     """Every per-example quantity for one batch.
 
     Args:
@@ -129,6 +134,12 @@ def _evaluate_batch(graphdef, params, x, idx, key, *, k: int, plan: Plan, dequan
     clean = x
     if dequantize:  # the density the model was trained on: pixel k -> k + u, u ~ U[0, 1)
         x = jax.vmap(lambda xi, i: losses.dequantize(xi, jax.random.fold_in(jax.random.fold_in(key, 1), i)))(x, idx)
+    if binarize:  # static: thresholded; dynamic: a fixed stochastic binarization, example i's from (key, i)
+        x = jax.vmap(lambda xi, i: losses.binarize(xi, binarize, jax.random.fold_in(jax.random.fold_in(key, 3), i)))(
+            x, idx)
+        clean = x
+    prior = priors.of(model)
+    p_z = prior.mixture()  # the VampPrior's components are encoded once per batch, not per chunk
     q: DiagonalGaussian = model.encode(x)  # (B, Z)
     b, z_dim = q.mean.shape
     q_k = DiagonalGaussian(q.mean[:, None], q.log_std[:, None])  # (B, 1, Z), broadcasts over samples
@@ -138,27 +149,39 @@ def _evaluate_batch(graphdef, params, x, idx, key, *, k: int, plan: Plan, dequan
     ladder = iwae_ladder(k)  # K' = 1, 10, 100, ... < K, and K: sample k < K' feeds IWAE_K'
 
     def one_chunk(carry, j):
-        lse, ll_sum = carry  # (L, B) running logsumexp per rung, (B,) sum of log p(x|z_k)
+        lse, ll_sum, kl_sum, kl_dim_sum = carry  # (L, B) running logsumexp per rung, (B,) sums of log p(x|z_k)
+        # and of log q(z_k|x) - log p(z_k), (B, Z) sum of log q(z_kj|x) - log p(z_kj) (the VampPrior's KLs)
         ks = j * plan.samples + jnp.arange(plan.samples)  # (Kc,) sample numbers
         draw = lambda ek: jax.vmap(lambda s: jax.random.normal(jax.random.fold_in(ek, s), (z_dim,)))(ks)
         z = q_k.mean + q_k.std * jax.vmap(draw)(example_keys)  # (B, Kc, Z)
         p = model.decode(z.reshape(b * plan.samples, z_dim))  # over (B*Kc, *shape)
         p = jax.tree.map(lambda a: a.reshape(b, plan.samples, *a.shape[1:]), p)
         ll = jnp.sum(p.log_prob(x[:, None]), axis=data_axes)  # (B, Kc) log p(x|z_k)
-        log_w = ll + _standard_normal_log_prob(z) - jnp.sum(q_k.log_prob(z), axis=-1)
+        log_q = q_k.log_prob(z)  # (B, Kc, Z)
+        log_ratio = p_z.log_prob(z) - jnp.sum(log_q, axis=-1)  # (B, Kc) log p(z_k) - log q(z_k|x)
+        log_w = ll + log_ratio
+        valid = (ks < k)[None, :]  # (1, Kc): samples past K in the last chunk are padding
         rungs = jnp.asarray(ladder)[:, None, None]  # (L, 1, 1)
         masked = jnp.where(ks[None, None] < rungs, log_w[None], -jnp.inf)  # (L, B, Kc); the last rung is K
         lse = jnp.logaddexp(lse, jax.nn.logsumexp(masked, axis=2))
-        return (lse, ll_sum + jnp.sum(jnp.where(ks < k, ll, 0.0), axis=1)), None
+        kl_dim = log_q - p_z.marginal_log_prob(z)  # (B, Kc, Z)
+        return (lse, ll_sum + jnp.sum(jnp.where(valid, ll, 0.0), axis=1),
+                kl_sum - jnp.sum(jnp.where(valid, log_ratio, 0.0), axis=1),
+                kl_dim_sum + jnp.sum(jnp.where(valid[..., None], kl_dim, 0.0), axis=1)), None
 
-    init = (jnp.full((len(ladder), b), -jnp.inf, jnp.float32), jnp.zeros((b,), jnp.float32))
-    (lse, ll_sum), _ = jax.lax.scan(one_chunk, init, jnp.arange(plan.chunks))
-    kl_per_dim = q.kl_to_standard_normal()  # (B, Z)
+    init = (jnp.full((len(ladder), b), -jnp.inf, jnp.float32), jnp.zeros((b,), jnp.float32),
+            jnp.zeros((b,), jnp.float32), jnp.zeros((b, z_dim), jnp.float32))
+    (lse, ll_sum, kl_sum, kl_dim_sum), _ = jax.lax.scan(one_chunk, init, jnp.arange(plan.chunks))
+    if prior.analytic_kl:
+        kl_per_dim = q.kl_to_standard_normal()  # (B, Z)
+        kl = jnp.sum(kl_per_dim, axis=-1)
+    else:  # Monte Carlo over the K samples (see the module docstring)
+        kl_per_dim, kl = kl_dim_sum / k, kl_sum / k
     out = {
         "iwae": lse[-1] - math.log(k),
         "iwae_ladder": (lse - jnp.log(jnp.asarray(ladder, jnp.float32))[:, None]).T,  # (B, L)
         "reconstruction_nll": -ll_sum / k,
-        "kl": jnp.sum(kl_per_dim, axis=-1),
+        "kl": kl,
         "kl_per_dim": kl_per_dim,
         "posterior_mean": q.mean,
         "posterior_log_std": q.log_std,
@@ -206,6 +229,14 @@ def _check_data(data, c: Config) -> tuple[np.ndarray, bool]:
     if not eight_bit and data.dtype.kind != "f":
         raise ConfigError(f"data has dtype {data.dtype}: give uint8 images or float arrays in the model's range")
     return data, eight_bit
+
+
+BINARIZATION_NOTES = {
+    "": "none: the data is scored as given",
+    "static": "static: every pixel thresholded at intensity 0.5, as in training",
+    "dynamic": "dynamic: one fixed stochastic binarization, pixel ~ Bernoulli(intensity), drawn from --seed "
+               "(the standard protocol for dynamically binarized MNIST)",
+}
 
 
 def _bits_per_dim_note(c: Config, binary: bool) -> tuple[bool, str]:
@@ -257,11 +288,11 @@ def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, 
 
     t0 = time.perf_counter()
     parts: dict[str, list[np.ndarray]] = {}
-    binary = True
+    binary = True  # binarized models score binarized data
     for lo in range(0, n, plan.examples):
         rows = np.asarray(data[lo:lo + plan.examples])
         if eight_bit:
-            binary = binary and bool(np.all((rows == 0) | (rows == 255)))
+            binary = binary and (bool(c.binarize) or bool(np.all((rows == 0) | (rows == 255))))
             x = rows.astype(np.float32) / 127.5 - 1.0  # == data.to_model_range
         else:
             x = rows.astype(np.float32)
@@ -273,7 +304,7 @@ def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, 
             x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
             idx = np.concatenate([idx, np.repeat(idx[-1:], pad)])
         out = _evaluate_batch(graphdef, params, x, idx, key, k=iw_samples, plan=plan,
-                              dequantize=dequantize, images=images)
+                              dequantize=dequantize, images=images, binarize=c.binarize)
         for name, value in jax.device_get(out).items():
             parts.setdefault(name, []).append(np.asarray(value)[: plan.examples - pad])
     per = {name: np.concatenate(chunks) for name, chunks in parts.items()}
@@ -287,7 +318,9 @@ def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, 
         "iw_samples": iw_samples,
         "seed": seed,
         "model": {"arch": c.arch, "likelihood": c.likelihood, "z_dim": c.z_dim, "beta": c.beta,
-                  "dequantize": c.dequantize, "standardize": c.standardize},
+                  "dequantize": c.dequantize, "standardize": c.standardize, "objective": c.objective,
+                  "prior": c.prior, "binarize": c.binarize},
+        "binarization": BINARIZATION_NOTES[c.binarize],
         "negative_elbo": _stat(elbo),
         "reconstruction_nll": _stat(per["reconstruction_nll"]),
         "kl": _stat(per["kl"]),
@@ -296,7 +329,8 @@ def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, 
         "iwae_by_k": {str(kk): _stat(per["iwae_ladder"][:, i]) for i, kk in enumerate(iwae_ladder(iw_samples))},
         "mse": _stat(per["mse"]),
         **diagnostics.collapse(per["posterior_mean"], per["posterior_log_std"], per["kl_per_dim"],
-                               jax.random.fold_in(key, 2), cap_bytes, seed),
+                               jax.random.fold_in(key, 2), cap_bytes, seed,
+                               kl_total=None if priors.of(model).analytic_kl else per["kl"]),
         "plan": dataclasses.asdict(plan),
         "memory_cap_mb": memory_cap_mb,
         "seconds": seconds,
@@ -342,6 +376,10 @@ def format_table(r: dict, title: str = "") -> str:
     lines = [title] if title else []
     lines.append(f"{r['examples']} {r['data_kind']} of {r['dims']} dims, K = {r['iw_samples']} importance "
                  f"samples ({r['seconds']:.1f} s, {r['examples_per_s']:.1f} examples/s)")
+    if r.get("checkpoint"):
+        lines.append(f"  checkpoint: {r['checkpoint']}")
+    if r["model"].get("binarize"):
+        lines.append(f"  binarization: {r['binarization']}")
     lines.append(f"  {'':<30}{'mean':>14}  s.e.")
     lines += [row("-ELBO (nats)", r["negative_elbo"]), row("  reconstruction NLL (nats)", r["reconstruction_nll"]),
               row("  KL (nats)", r["kl"]), row(f"IWAE_{r['iw_samples']} log p(x) bound (nats)", r["iwae"]),
@@ -397,6 +435,8 @@ class EvaluateArgs:
     """Write the result as JSON here (and the KL chart beside it as <name>_kl.png)."""
     kl_plot: str = ""
     """Write the bar chart of the KL per latent dim to this PNG."""
+    checkpoint: str = "best"
+    """Which checkpoint: best (by validation loss) | latest | a step number."""
 
 
 def evaluation_data(vae, a: EvaluateArgs):
@@ -433,10 +473,11 @@ def run_evaluate(argv: list[str]) -> int:
     a = tyro.cli(EvaluateArgs, args=argv, prog="jaxvae evaluate")
     if a.limit < 0:
         raise ConfigError(f"--limit must be >= 0, got {a.limit}")
-    vae = jaxvae.load(a.run)  # only reads the run
+    vae = jaxvae.load(a.run, checkpoint=a.checkpoint)  # only reads the run
     x = evaluation_data(vae, a)
     result = evaluate(vae, x, iw_samples=a.iw_samples, seed=a.seed, memory_cap_mb=a.memory_cap_mb)
-    result.update(run=str(a.run), data=a.data or vae.config.data, split="all" if a.data else a.split)
+    result.update(run=str(a.run), data=a.data or vae.config.data, split="all" if a.data else a.split,
+                  checkpoint=f"{vae.checkpoint_step} ({vae.checkpoint_note})", checkpoint_step=vae.checkpoint_step)
     kl_plot = a.kl_plot or (str(Path(a.out).with_suffix("")) + "_kl.png" if a.out else "")
     for path in (a.out, kl_plot):
         if path:

@@ -16,7 +16,7 @@ The file:
     config          the resolved Config as JSON (it rebuilds exactly this model)
     latent_scale    JSON number or null: 1 / std of the posterior means (see encode.py)
     latent_scale_examples  what it was measured on
-    checkpoint      which of the run's checkpoints the parameters come from (latest, or its step)
+    checkpoint      which of the run's checkpoints the parameters come from: its step and why (best, latest)
     sha256          over every tensor (checkpoint.digest, in the model's order) and the format,
                     config and latent scale: safetensors itself has no checksum, so this is what
                     catches a flipped byte

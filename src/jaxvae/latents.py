@@ -6,6 +6,10 @@ says which; a traversal shows what one of them draws: decode a held-out image's 
 with that one coordinate swept over [-3, 3] prior standard deviations.
 
 Also `jaxvae traverse RUN --dims ... --out FILE.png`.
+
+With a VampPrior (priors.py) the KL per dimension is KL(q(z_d|x) || p(z_d)) against the prior's
+marginal in dimension d, by Monte Carlo, and a traversal sweeps the prior marginal's mean +- span of
+its std; for N(0, I) both are as above.
 """
 
 from __future__ import annotations
@@ -13,12 +17,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import tyro
 from flax import nnx
 
+from jaxvae import priors
 from jaxvae import sample as sample_lib
 from jaxvae.config import ConfigError
+from jaxvae.distributions import DiagonalGaussian
 
 SPAN = 3.0  # traversals sweep each dimension over [-SPAN, +SPAN] prior sigmas (the prior's sigma is 1)
 STEPS = 9  # images per traversal row: odd, so the middle column is z_d = 0, the prior's mean
@@ -47,6 +55,41 @@ def kl_per_dim(mean: np.ndarray, log_std: np.ndarray) -> np.ndarray:
     return np.mean(0.5 * (var + np.square(mean) - 1.0 - 2 * log_std), axis=0)
 
 
+MC_SAMPLES = 16  # draws per image of the Monte Carlo KL per dimension (VampPrior)
+
+
+@nnx.jit(static_argnums=(4,))
+def _mc_kl_per_dim(model, mean, log_std, key, samples):
+    q = DiagonalGaussian(mean, log_std)  # (B, Z)
+    mixture = model.prior.mixture()
+
+    def one(k):  # (B, Z): log q(z_d|x) - log p(z_d) at one z ~ q(z|x); B x K x Z floats live
+        z = q.sample(k)
+        return q.log_prob(z) - mixture.marginal_log_prob(z)
+
+    return jnp.mean(jax.lax.map(one, jax.random.split(key, samples)), axis=(0, 1))
+
+
+def prior_kl_per_dim(model, mean: np.ndarray, log_std: np.ndarray, seed: int = 0) -> np.ndarray:
+    """(B,Z), (B,Z) -> (Z,): the KL per dimension against the model's prior, mean over the B images.
+
+    N(0, I): kl_per_dim, closed form. VampPrior: KL(q(z_d|x) || p(z_d)), p(z_d) the prior's marginal in
+    dimension d (a 1-D mixture), by Monte Carlo with MC_SAMPLES draws per image. The prior's dims are
+    dependent, so these need not sum to the KL of the loss."""
+    prior = priors.of(model)
+    if prior.analytic_kl:
+        return kl_per_dim(mean, log_std)
+    out = _mc_kl_per_dim(model, jnp.asarray(mean, jnp.float32), jnp.asarray(log_std, jnp.float32),
+                         jax.random.key(seed), MC_SAMPLES)
+    return np.asarray(out, np.float64)
+
+
+def prior_moments(model) -> tuple[np.ndarray, np.ndarray]:
+    """(Z,), (Z,): the prior's mean and std per dimension (0 and 1 for N(0, I))."""
+    mean, std = nnx.jit(lambda m: m.marginal_moments())(priors.of(model))
+    return np.asarray(mean, np.float64), np.asarray(std, np.float64)
+
+
 def posterior_mean_variance(mean: np.ndarray) -> np.ndarray:
     """(B,Z) -> (Z,): variance over images of the posterior mean, Var_x E_q[z_d|x]."""
     return np.var(mean, axis=0)
@@ -71,21 +114,27 @@ class LatentStats:
         return int(np.sum(self.mean_variance > ACTIVE_VARIANCE))
 
     @classmethod
-    def of(cls, mean: np.ndarray, log_std: np.ndarray) -> LatentStats:
-        """From the posteriors (B,Z), (B,Z) of B held-out images."""
-        return cls(kl=kl_per_dim(mean, log_std), mean_variance=posterior_mean_variance(mean), images=len(mean))
+    def of(cls, mean: np.ndarray, log_std: np.ndarray, model=None) -> LatentStats:
+        """From the posteriors (B,Z), (B,Z) of B held-out images (the KL against model's prior when given)."""
+        kl = kl_per_dim(mean, log_std) if model is None else prior_kl_per_dim(model, mean, log_std)
+        return cls(kl=kl, mean_variance=posterior_mean_variance(mean), images=len(mean))
 
 
 def latent_stats(model, x: np.ndarray) -> LatentStats:
-    return LatentStats.of(*posterior(model, x))
+    return LatentStats.of(*posterior(model, x), model=model)
 
 
-def traversal_latents(z0: np.ndarray, dims, values: np.ndarray) -> np.ndarray:
-    """(Z,), D dims, (T,) values -> (D,T,Z): row i is z0 with coordinate dims[i] set to each value."""
+def traversal_latents(z0: np.ndarray, dims, values: np.ndarray, center: np.ndarray | None = None,
+                      scale: np.ndarray | None = None) -> np.ndarray:
+    """(Z,), D dims, (T,) values -> (D,T,Z): row i is z0 with coordinate dims[i] set to each value,
+    in prior sigmas around the prior's mean: center[d] + values * scale[d] ((Z,) each; default 0 and 1)."""
     z0 = np.asarray(z0, np.float32)
     dims = np.asarray(dims, np.int64)
+    center = np.zeros(len(z0)) if center is None else np.asarray(center)
+    scale = np.ones(len(z0)) if scale is None else np.asarray(scale)
     z = np.broadcast_to(z0, (len(dims), len(values), len(z0))).copy()
-    z[np.arange(len(dims)), :, dims] = np.asarray(values, np.float32)[None, :]
+    coords = center[dims][:, None] + np.asarray(values)[None, :] * scale[dims][:, None]  # (D, T)
+    z[np.arange(len(dims)), :, dims] = coords.astype(np.float32)
     return z
 
 
@@ -102,7 +151,7 @@ def traverse(model, x: np.ndarray, dims, steps: int = STEPS, span: float = SPAN)
     """
     values = np.linspace(-span, span, steps)
     z0 = posterior(model, np.asarray(x, np.float32)[None])[0][0]
-    z = traversal_latents(z0, dims, values)  # (D,T,Z)
+    z = traversal_latents(z0, dims, values, *prior_moments(model))  # (D,T,Z)
     images = sample_lib.decode_mean(model, z.reshape(-1, z.shape[-1]))
     return images.reshape(len(z), steps, *images.shape[1:]), values
 
@@ -138,6 +187,8 @@ class TraverseArgs:
     """Sweep [-span, +span] prior sigmas."""
     image: int = 0
     """Index of the held-out image whose posterior mean the other dimensions keep."""
+    checkpoint: str = "best"
+    """Which checkpoint: best (by validation loss) | latest | a step number."""
 
 
 def run_traverse(argv: list[str]) -> int:
@@ -145,6 +196,7 @@ def run_traverse(argv: list[str]) -> int:
     from jaxvae import data as data_lib
     from jaxvae import plots
     from jaxvae import run as run_lib
+    from jaxvae.api import say_checkpoint
 
     a = tyro.cli(TraverseArgs, args=argv, prog="jaxvae traverse")
     for name in ("top", "steps"):
@@ -157,7 +209,8 @@ def run_traverse(argv: list[str]) -> int:
     val = data_lib.load_dataset(config).val
     if not 0 <= a.image < len(val):
         raise ConfigError(f"--image must index the {len(val)} held-out images, got {a.image}")
-    vae = jaxvae.load(a.run)
+    vae = jaxvae.load(a.run, checkpoint=a.checkpoint)
+    say_checkpoint(vae)
     stats = latent_stats(vae.model, data_lib.to_model_range(val[:HELD_OUT]))
     dims = dims or list(most_active(stats.kl, min(a.top, config.z_dim)))
     image = data_lib.to_model_range(val[a.image])

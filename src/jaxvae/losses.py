@@ -14,6 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxvae import priors
 from jaxvae.distributions import DiagonalGaussian
 
 
@@ -26,7 +27,8 @@ def negative_elbo_terms(model, x: jax.Array, key: jax.Array) -> tuple[jax.Array,
       key: PRNG key for the reparameterized sample.
     Returns:
       nll: (B,) -log p(x|z), z ~ q(z|x), summed over all non-batch axes.
-      kl: (B,) KL(q(z|x) || N(0, I)) summed over latent dims.
+      kl: (B,) KL(q(z|x) || p(z)) summed over latent dims: closed form for N(0, I), the one-sample
+        Monte Carlo log q(z|x) - log p(z) at the same z for a prior without one (the VampPrior).
       aux: dict with the posterior q and the likelihood p.
     """
     q: DiagonalGaussian = model.encode(x)
@@ -34,7 +36,7 @@ def negative_elbo_terms(model, x: jax.Array, key: jax.Array) -> tuple[jax.Array,
     p: DiagonalGaussian = model.decode(z)
     sum_axes = tuple(range(1, x.ndim))
     nll = -jnp.sum(p.log_prob(x.astype(jnp.float32)), axis=sum_axes)
-    kl = jnp.sum(q.kl_to_standard_normal(), axis=-1)
+    kl = priors.of(model).kl(q, z)
     return nll, kl, {"q": q, "p": p}
 
 
@@ -45,6 +47,17 @@ def dequantize(x: jax.Array, key: jax.Array) -> jax.Array:
     likelihood of k (Theis et al. 2016), which is what makes bits/dim a valid figure.
     """
     return x + jax.random.uniform(key, x.shape, jnp.float32) / 127.5
+
+
+def binarize(x: jax.Array, mode: str, key: jax.Array) -> jax.Array:
+    """Images in [-1, 1] -> binary images at -1 / 1 (a bernoulli likelihood's support), by pixel intensity
+    t = (x + 1) / 2: static, t > 0.5 (the same every time); dynamic, a fresh Bernoulli(t) draw from key.
+    mode "" leaves x as it is."""
+    if mode == "static":
+        return jnp.where(x > 0.0, 1.0, -1.0).astype(jnp.float32)
+    if mode == "dynamic":
+        return jnp.where(jax.random.bernoulli(key, (x + 1.0) / 2.0), 1.0, -1.0).astype(jnp.float32)
+    return x
 
 
 def kl_weight(step: jax.Array, beta: float, warmup_steps: int) -> jax.Array:

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxvae import likelihoods
+from jaxvae import likelihoods, priors
 from jaxvae.config import Config
 from jaxvae.conv import ConvDecoder, ConvEncoder
 from jaxvae.distributions import DiagonalGaussian
@@ -266,7 +266,8 @@ BACKBONES = {"transformer": (Encoder, Decoder), "conv": (ConvEncoder, ConvDecode
 
 
 class VAE(nnx.Module):
-    """encode(x) -> q(z|x), a DiagonalGaussian; decode(z) -> p(x|z), the likelihood's distribution."""
+    """encode(x) -> q(z|x), a DiagonalGaussian; decode(z) -> p(x|z), the likelihood's distribution;
+    prior, p(z) (priors.py)."""
 
     def __init__(self, c: Config, *, rngs: nnx.Rngs):
         self.posterior_scale = c.posterior_scale
@@ -274,6 +275,9 @@ class VAE(nnx.Module):
         encoder, decoder = BACKBONES[c.arch]
         self.encoder = encoder(c, rngs=rngs)
         self.decoder = decoder(c, self.likelihood.values_per_output, rngs=rngs)
+        # p(z), built after the encoder and decoder so that their initialisation does not depend on it;
+        # a VampPrior shares the encoder (see priors.py). Every consumer of log p(z) asks this one.
+        self.prior = priors.build(c, self.encoder, rngs=rngs)
 
     def encode(self, x: jax.Array) -> DiagonalGaussian:
         """x: (B,S,S,C) in [-1,1] or vectors (B,F) -> q(z|x) with (B,Z) mean and scale."""

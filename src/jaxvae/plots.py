@@ -22,12 +22,25 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+# An objective's own terms (objectives.py), drawn in a sixth panel when a run logged any
+OBJECTIVE_TERMS = {"mi": "MI", "tc": "TC", "dimwise_kl": "dim-wise KL", "iwae_gap": "-ELBO - (-IWAE)"}
+
+
 def curves(records: list[dict], path: Path) -> None:
-    """Five panels: total loss (train and valid), reconstruction loss, KL, x sigma, z sigma."""
+    """Five panels: total loss (train and valid), reconstruction loss, KL, x sigma, z sigma; and a sixth
+    with the objective's own terms (btcvae: MI, TC, dim-wise KL; iwae: the bound's gain over the ELBO)."""
     panels = [("loss", "Total Loss"), ("reconstruction_loss", "Reconstruction Loss"),
               ("kl_loss", "KL Loss"), ("x_std", "X Std"), ("z_std", "Z Std")]
-    fig, axs = plt.subplots(1, 5, figsize=(18, 3))
-    for ax, (key, title) in zip(axs, panels, strict=True):
+    terms = [k for k in OBJECTIVE_TERMS if any(k in r for r in records)]
+    fig, axs = plt.subplots(1, 5 + bool(terms), figsize=(18 + 3.6 * bool(terms), 3))
+    if terms:
+        for key in terms:
+            pts = [(r["step"], r[key]) for r in records if key in r]
+            axs[5].plot(*zip(*pts, strict=True), label=OBJECTIVE_TERMS[key], marker="." if len(pts) < 3 else None)
+        axs[5].set_title("Objective Terms (nats)")
+        axs[5].set_xlabel("step")
+        axs[5].legend()
+    for ax, (key, title) in zip(axs[:5], panels, strict=True):
         pts = [(r["step"], r[key]) for r in records if key in r]
         if pts:
             ax.plot(*zip(*pts, strict=True), label="Train")

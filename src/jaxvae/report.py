@@ -5,12 +5,13 @@ script and makes no request: a Content-Security-Policy of `default-src 'none'` e
 browser, so it reads the same from a laptop's disk, an e-mail or a CI artefact. Every user string
 (paths, config values, evaluation keys) goes through html.escape.
 
-The pictures are recomputed from the latest checkpoint, so the page shows what `jaxvae.load` would
-give: config and summary, the five curves, the data, reconstructions with their MSE, prior samples
-at three temperatures, pixel/lerp/slerp interpolations, the KL per latent dimension, traversals of
-the most active dimensions, and `evaluation*.json` where `jaxvae evaluate` wrote one. A run that is
-partial (still training, interrupted before a checkpoint, data moved) gets a page of what exists
-and one line for each thing that is missing. Writing `--out` is the only write.
+The pictures are recomputed from the checkpoint `jaxvae.load` picks (the best by validation loss), so
+the page shows what it would give: config and summary, the five curves, the data, reconstructions
+with their MSE, prior samples at three temperatures (beside a fitted sampler's, RUN/samplers/),
+pixel/lerp/slerp interpolations, the KL per latent dimension, traversals of the most active dimensions,
+and `evaluation*.json` where `jaxvae evaluate` wrote one. A run that is partial (still training,
+interrupted before a checkpoint, data moved) gets a page of what exists and one line for each thing
+that is missing. Writing `--out` is the only write.
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ def _load_model(page: Page, path: Path):
     else:
         try:
             vae = jaxvae.load(path)
-            return vae, _checkpoint_step(ckpt_dir)
+            return vae, vae.checkpoint_step
         except run_lib.RunError as e:  # no complete checkpoint yet: the first save is still being written
             reason = str(e)
         except Exception as e:  # a damaged checkpoint must not cost the rest of the page
@@ -229,15 +230,19 @@ def _pictures(page: Page, config: Config, model, step: int, val: np.ndarray) -> 
     from jaxvae import latents, plots, sample
 
     # name -> (B,Z) latents to decode; the same draw at every temperature, as sample_prior makes it
-    noise = np.asarray(jax.random.normal(jax.random.key(config.seed + 3), (PER_ROW, config.z_dim)))
-    wanted = {f"T = {t}": np.float32(t) * noise for t in TEMPERATURES}
+    key = jax.random.key(config.seed + 3)
+    vamp = config.prior == "vamp"
+    noise = np.asarray(jax.random.normal(key, (PER_ROW, config.z_dim)))
+    wanted = {f"T = {t}": np.asarray(sample.prior_latents(model, PER_ROW, key, t)) if vamp else np.float32(t) * noise
+              for t in TEMPERATURES}
     if len(val):
         mean, log_std = latents.posterior(model, val)
-        stats = latents.LatentStats.of(mean, log_std)
+        stats = latents.LatentStats.of(mean, log_std, model)
         top = latents.most_active(stats.kl, min(latents.TOP, config.z_dim))
         values = np.linspace(-latents.SPAN, latents.SPAN, latents.STEPS)
         wanted["reconstruction"] = mean[:PER_ROW].astype(np.float32)
-        wanted["traversal"] = latents.traversal_latents(mean[0], top, values).reshape(-1, config.z_dim)
+        wanted["traversal"] = latents.traversal_latents(mean[0], top, values, *latents.prior_moments(model)
+                                                        ).reshape(-1, config.z_dim)
     if len(val) >= 2:
         t = np.linspace(0, 1, PER_ROW)
         wanted["latent lerp"] = sample.lerp(mean[0], mean[1], t)
@@ -254,7 +259,9 @@ def _pictures(page: Page, config: Config, model, step: int, val: np.ndarray) -> 
                     f"MSE of these {len(recon)} in [0,1] pixels: {mse:.5f}."),
                  _grid([("original", originals), ("reconstruction", recon)], "reconstructions"))
     page.add("Prior samples", _p("Decoder means of z ~ N(0, T^2 I). Each column scales the same draw, so the rows "
-                                 "show what the temperature does."),
+                                 "show what the temperature does." if not vamp else
+                                 "Decoder means of z from the VampPrior: a uniformly drawn pseudo-input's posterior, "
+                                 "its std scaled by T."),
              _grid([(f"T = {t}", out[f"T = {t}"]) for t in TEMPERATURES], "prior samples"))
     if len(val) >= 2:
         page.add("Interpolation", _p("Between held-out images 0 and 1: a pixel cross-fade, then the decoded straight "
@@ -265,8 +272,9 @@ def _pictures(page: Page, config: Config, model, step: int, val: np.ndarray) -> 
     if not len(val):
         return
 
+    kl_to = "p(z_d), the prior's marginal (Monte Carlo)" if vamp else "N(0,1)"
     page.add("KL per latent dimension",
-             _p(f"Mean KL(q(z_d|x) || N(0,1)) over {stats.images} held-out images: total {float(stats.kl.sum()):.3f} "
+             _p(f"Mean KL(q(z_d|x) || {kl_to}) over {stats.images} held-out images: total {float(stats.kl.sum()):.3f} "
                 f"nats; {stats.active} of {config.z_dim} dimensions active (variance of the posterior mean > "
                 f"{latents.ACTIVE_VARIANCE}). The {len(top)} most active, traversed below, in orange."),
              _img(_figure(plots.kl_per_dim, stats.kl, highlight=top, mean_variance=stats.mean_variance),
@@ -279,6 +287,27 @@ def _pictures(page: Page, config: Config, model, step: int, val: np.ndarray) -> 
                 "any others."),
              _grid([(f"z[{d}]  KL {stats.kl[d]:.2f}", row) for d, row in zip(top, traversal, strict=True)],
                    "latent traversal"))
+
+
+def _sampler(page: Page, path: Path, vae) -> None:
+    """Prior samples beside the samples of a sampler fitted by `jaxvae fit-sampler` (RUN/samplers/)."""
+    from jaxvae import samplers
+
+    for kind in samplers.KINDS:
+        if not samplers.sampler_path(path, kind).is_file():
+            continue
+        try:
+            fitted = samplers.load_sampler(path, kind)
+            drawn = vae.sample(PER_ROW, seed=vae.config.seed + 3, sampler=kind)
+        except Exception as e:  # a damaged sampler file must not cost the rest of the page
+            page.missing.append(f"the {kind} sampler could not be read ({type(e).__name__}: {e})")
+            continue
+        prior = vae.sample(PER_ROW, seed=vae.config.seed + 3)
+        page.add(f"Samples: prior and {kind} sampler",
+                 _p(f"The prior's samples over those of a {fitted.summary()}. Held-out latent log-likelihood: "
+                    f"{fitted.heldout_loglik_sampler:.2f} nats under the sampler, {fitted.heldout_loglik_prior:.2f} "
+                    "under the prior."),
+                 _grid([("prior", prior), (f"{kind} sampler", drawn)], f"prior and {kind} samples"))
 
 
 def _evaluation(page: Page, path: Path) -> None:
@@ -326,6 +355,7 @@ def build_report(run: str | os.PathLike) -> str:
         vae, step = _load_model(page, path)
         if vae is not None:
             _pictures(page, config, vae.model, step, _held_out(page, dataset))
+            _sampler(page, path, vae)
     _evaluation(page, path)
 
     meta = _read_json(page, path / run_lib.META) or {}

@@ -9,6 +9,7 @@
   RUN/*.png            curves, reconstructions, samples, interpolation
   RUN/report.html      the self-contained HTML report (jaxvae report)
   RUN/tensorboard/     event files, with train --tensorboard
+  RUN/samplers/        samplers fitted to the latents (jaxvae fit-sampler), e.g. gmm.json
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ CONFIG, META, METRICS, SUMMARY, CHECKPOINTS, DAMAGED = (
     "config.json", "meta.json", "metrics.jsonl", "summary.json", "checkpoints", "checkpoints.damaged")
 PICTURES = ("curves.png", "reconstructions.png", "samples.png", "interpolation.png")
 REPORT, TENSORBOARD = "report.html", "tensorboard"  # jaxvae report; train --tensorboard
+SAMPLERS = "samplers"  # jaxvae fit-sampler
 # Everything a run writes; --overwrite removes exactly these and nothing else of the user's.
-RUN_FILES = (CONFIG, META, METRICS, SUMMARY, CHECKPOINTS, DAMAGED, *PICTURES, REPORT, TENSORBOARD)
+RUN_FILES = (CONFIG, META, METRICS, SUMMARY, CHECKPOINTS, DAMAGED, *PICTURES, REPORT, TENSORBOARD, SAMPLERS)
 
 
 class RunError(ConfigError):

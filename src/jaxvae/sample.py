@@ -57,10 +57,22 @@ def z_dim(model) -> int:
     return model.decoder.embed.in_features
 
 
+@nnx.jit(static_argnums=(2,))
+def _prior_draws(model, key, n, temperature):
+    return model.prior.sample(key, n, temperature)
+
+
+def prior_latents(model, n: int, key: jax.Array, temperature: float = 1.0) -> np.ndarray:
+    """(n, Z) draws of the model's prior at a temperature. For N(0, I), z ~ N(0, T^2 I); for the
+    VampPrior, a uniformly drawn component's mean plus T times its std times N(0, I) noise."""
+    if getattr(model, "prior", None) is None:  # a bare encoder/decoder pair: N(0, I)
+        return np.asarray(temperature * jax.random.normal(key, (n, z_dim(model))))
+    return np.asarray(_prior_draws(model, key, n, temperature))
+
+
 def sample_prior(model, n: int, key: jax.Array, temperature: float = 1.0) -> np.ndarray:
-    """Decode n draws z ~ N(0, temperature^2 I): (n,S,S,C)."""
-    z = temperature * jax.random.normal(key, (n, z_dim(model)))
-    return decode_mean(model, np.asarray(z))
+    """Decode n draws of the model's prior at a temperature (see prior_latents): (n,S,S,C)."""
+    return decode_mean(model, prior_latents(model, n, key, temperature))
 
 
 def lerp(z0: np.ndarray, z1: np.ndarray, t: np.ndarray) -> np.ndarray:

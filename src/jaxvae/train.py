@@ -30,10 +30,11 @@ from jaxvae import data as data_lib
 from jaxvae import parallel, resilience
 from jaxvae import run as run_lib
 from jaxvae.checkpoint import Checkpointer
-from jaxvae.config import Config
+from jaxvae.config import Config, ConfigError
 from jaxvae.data import vectors
-from jaxvae.losses import dequantize, kl_weight, vae_loss
+from jaxvae.losses import binarize, dequantize
 from jaxvae.model import build
+from jaxvae.objectives import objective_loss
 from jaxvae.run import RunError
 from jaxvae.tensorboard import TensorBoard
 
@@ -66,16 +67,17 @@ def make_train_step(graphdef: nnx.GraphDef, c: Config):
     """(state, batch) -> (state, metrics); batch (B,S,S,C) float32 in [-1,1]. State is donated."""
     tx = make_optimizer(c)
 
-    def loss_fn(params, x, key, beta):
-        return vae_loss(nnx.merge(graphdef, params), x, key, beta, c.free_bits)
+    def loss_fn(params, x, key, step):
+        return objective_loss(c, nnx.merge(graphdef, params), x, key, step)
 
     @functools.partial(jax.jit, donate_argnums=0)
     def train_step(state: dict, x: jax.Array):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), state["step"])
         if c.dequantize:
             x = dequantize(x, jax.random.fold_in(key, 1))
-        beta = kl_weight(state["step"], c.beta, c.kl_warmup_steps)
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], x, key, beta)
+        if c.binarize:  # dynamic: a fresh draw every step, from the step's key
+            x = binarize(x, c.binarize, jax.random.fold_in(key, 2))
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], x, key, state["step"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         updates = jax.tree.map(lambda u: u * state["lr_scale"], updates)  # halved by each rollback
         params = optax.apply_updates(state["params"], updates)
@@ -104,7 +106,9 @@ def make_eval_step(graphdef: nnx.GraphDef, c: Config):
 
     @jax.jit
     def eval_step(params, x, key):
-        return vae_loss(nnx.merge(graphdef, params), x, key, c.beta, c.free_bits)[1]
+        if c.binarize:  # validation's keys are fixed, so dynamic binarization is a fixed one here
+            x = binarize(x, c.binarize, jax.random.fold_in(key, 2))
+        return objective_loss(c, nnx.merge(graphdef, params), x, key)[1]
 
     return eval_step
 
@@ -154,6 +158,7 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
     say = (lambda *a, **k: None) if quiet else functools.partial(print, flush=True)
     tb = TensorBoard(tensorboard and writer)  # before anything is written: a missing tensorboardX fails here
     dataset = data_lib.load_dataset(c)
+    c = resolve_dataset_size(c, dataset)
     mesh = parallel.data_mesh()  # every device of every process; the batch is sharded over them
     if dataset.kind == "vectors":
         batches = vectors.VectorBatches(dataset.train, c.batch_size, seed=c.seed, flip=c.flip)
@@ -246,6 +251,19 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
     return summary
 
 
+def resolve_dataset_size(c: Config, dataset) -> Config:
+    """c with dataset_size N set to the training split's size, which btcvae's q(z) estimate needs.
+    Refused (before anything is written) for training data whose size is not known."""
+    if c.objective != "btcvae" or c.dataset_size:
+        return c
+    try:
+        n = len(dataset.train)
+    except TypeError:
+        raise ConfigError("--objective btcvae needs the dataset size N, and this training data does not "
+                          "give one (streaming?): pass --dataset-size N") from None
+    return c.replace(dataset_size=n)
+
+
 def _report(record: dict, c: Config, bar, quiet: bool) -> None:
     if not bar.disable:
         bar.write(f"step {record['step']}: loss {record['loss']:.2f} val_loss {record['val_loss']:.2f}")
@@ -282,7 +300,8 @@ def finish(run_dir: Path, c: Config, graphdef, params, dataset, last: dict) -> d
     plots.curves(run_lib.read_metrics(run_dir), run_dir / "curves.png")
     plots.reconstructions(val, recon, mse, run_dir / "reconstructions.png")
     samples = sample.sample_prior(model, 20, jax.random.key(c.seed + 3))
-    plots.image_grid(samples, run_dir / "samples.png", rows=2, title="prior samples, z ~ N(0, I)")
+    prior = "N(0, I)" if c.prior == "normal" else "VampPrior"
+    plots.image_grid(samples, run_dir / "samples.png", rows=2, title=f"prior samples, z ~ {prior}")
     x0, x1 = data_lib.to_model_range(dataset.val[-2:])
     pixel = sample.interpolate_pixels(x0, x1, 10)
     latent = sample.interpolate(model, x0, x1, 10, "slerp")
