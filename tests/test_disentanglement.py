@@ -7,6 +7,7 @@ linear classifier separates every factor (SAP's classifier) and that MIG's 20 bi
 value, so the truth can score its maximum on each metric.
 """
 
+import json
 import math
 
 import numpy as np
@@ -205,3 +206,87 @@ def test_a_factor_table_draws_observations_with_the_factors_asked_for():
     score = dis.factorvae_score(lambda x: table.codes[x[:, 0].astype(int)].astype(float), table,
                                 num_train=50, num_eval=50, batch_size=8, num_variance_estimate=200)
     assert score == 1.0
+
+
+# --- `jaxvae evaluate --disentanglement` and the report ----------------------------------------------
+
+SMALL = ["--disentanglement-train", "60", "--disentanglement-test", "30", "--disentanglement-batch", "4"]
+
+
+@pytest.mark.slow
+def test_a_dsprites_run_gets_every_score_in_the_table_the_json_and_the_report(tmp_path, capsys, monkeypatch):
+    from jaxvae import cli, report
+    from jaxvae.data import dsprites
+
+    monkeypatch.setattr(dis, "DCI_TREES", 5)  # 113 classes x 100 trees would dominate the test
+    run = tmp_path / "run"
+    assert cli.main(["train", "--data", "dsprites", "--channels", "1", "--image-size", "64", "--patch-size", "16",
+                     "--hidden", "32", "--depth", "1", "--heads", "2", "--mlp-ratio", "2", "--z-dim", "4",
+                     "--likelihood", "bernoulli", "--beta", "4", "--steps", "4", "--batch-size", "8", "--log-every",
+                     "2", "--eval-every", "4", "--ckpt-every", "4", "--out", str(run), "--quiet"]) == 0
+    out = run / "evaluation.json"
+    assert cli.main(["evaluate", str(run), "--limit", "8", "--iw-samples", "2", "--disentanglement", *SMALL,
+                     "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "disentanglement of shape, scale, orientation, pos_x, pos_y (60 + 30 samples" in printed
+    assert "beta-VAE score (chance 0.20)" in printed and "DCI informativeness" in printed
+    r = json.loads(out.read_text())
+    for key in dis.KEYS:
+        assert 0.0 <= r[key] <= 1.0, (key, r[key])
+    d = r["disentanglement"]
+    assert d["factor_names"] == list(dsprites.FACTOR_NAMES) and d["factor_sizes"] == [3, 6, 40, 32, 32]
+    assert np.shape(d["mutual_information"]) == (4, 5) and np.shape(d["dci_importance"]) == (4, 5)
+    assert d["settings"]["num_train"] == 60 and d["settings"]["representation"] == "posterior mean"
+    page = report.build_report(run)
+    assert "<h2>Disentanglement</h2>" in page and 'alt="mutual information between latent dimensions' in page
+
+
+@pytest.mark.slow
+def test_a_shapes_run_is_scored(tmp_path, monkeypatch):
+    from conftest import micro_config, untrained_run
+
+    from jaxvae import cli
+
+    monkeypatch.setattr(dis, "DCI_TREES", 5)
+    run = untrained_run(tmp_path / "shapes", micro_config())  # shapes, 16 px
+    out = tmp_path / "eval.json"
+    assert cli.main(["evaluate", str(run), "--limit", "4", "--iw-samples", "1", "--disentanglement", *SMALL,
+                     "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert all(0.0 <= r[k] <= 1.0 for k in dis.KEYS)
+    assert r["disentanglement"]["factor_names"] == ["shape", "scale", "angle", "x", "y"]
+
+
+def test_data_without_factors_is_refused_before_any_work(tmp_path, capsys):
+    from conftest import micro_config
+
+    from jaxvae import cli
+    from jaxvae import run as run_lib
+
+    np.save(tmp_path / "plain.npy", np.zeros((20, 16, 16, 3), np.uint8))
+    plain = run_lib.create(tmp_path / "plain", micro_config(data=str(tmp_path / "plain.npy")))  # no checkpoint
+    assert cli.main(["evaluate", str(plain), "--disentanglement"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("jaxvae: error: --disentanglement needs data with known factors") and "\n" not in err
+    assert "plain.npy has none" in err
+    assert cli.main(["evaluate", str(plain), "--disentanglement", "--disentanglement-batch", "0"]) == 2
+    assert "--disentanglement-batch must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_the_report_section_shows_the_scores_and_the_heatmap(tmp_path):
+    from jaxvae import report
+
+    scores = dict(zip(dis.KEYS, (0.81, 0.72, 0.31, 0.05, 0.41, 0.38, 0.9), strict=True))
+    detail = {"factor_names": ["shape", "scale"], "factor_sizes": [3, 6],
+              "mutual_information": [[0.9, 0.0], [0.1, 1.2]], "factor_entropy": [1.0986, 1.79],
+              "settings": {"num_train": 100, "num_test": 50, "batch_size": 8}}
+    (tmp_path / "evaluation_dis.json").write_text(json.dumps({**scores, "disentanglement": detail}))
+    page = report.Page()
+    report._evaluation(page, tmp_path)
+    html = "\n".join(page.sections)
+    assert "<h2>Disentanglement</h2>" in html and "MIG (Chen et al. 2018)" in html and "0.31" in html
+    assert html.count("data:image/png;base64,") == 1  # the heatmap
+    page = report.Page()
+    (tmp_path / "evaluation_dis.json").write_text(json.dumps({**scores, "disentanglement": {"settings": {}}}))
+    report._evaluation(page, tmp_path)  # damaged: said, not fatal
+    assert "Disentanglement" not in "\n".join(page.sections) and "could not be read" in page.missing[0]
