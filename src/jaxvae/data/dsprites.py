@@ -12,7 +12,7 @@ Five factors, indexed like the original's `latents_classes` (its constant colour
 3 x 6 x 40 x 32 x 32 = 737,280 images, each binary (0 or 255), 1 channel, 64 x 64 pixels. Any
 image is drawn from its factor indices when it is asked for (15-32 microseconds an image on the
 2-core CPU): nothing is stored, and `DSpritesImages` looks like a uint8 (N, S, S, 1) array to the
-training pipeline. Rendering beats a memory-mapped cache here: see README, "dsprites".
+training pipeline. Rendering beats a memory-mapped cache here: see the README, "Did the latents disentangle?".
 
 How the sprites are drawn: a pixel is on when its centre lies inside the shape (no anti-aliasing).
 The shapes fit a disc of radius 0.25 * scale of the image side, so every sprite stays inside the
