@@ -189,7 +189,7 @@ def test_cifar10_wrong_length_bad_label_pickled_and_missing(tmp_path):
 def test_parse_source_errors(tmp_path):
     assert parse_source("shapes").kind == "shapes"
     assert parse_source(str(tmp_path)).kind == "folder"
-    with pytest.raises(ConfigError, match="unknown data source 'nope': expected shapes, a folder"):
+    with pytest.raises(ConfigError, match="unknown data source 'nope': expected shapes, dsprites, a folder"):
         parse_source("nope")
     with pytest.raises(ConfigError, match="no such array file"):
         parse_source(str(tmp_path / "missing.npy"))

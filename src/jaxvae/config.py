@@ -32,8 +32,9 @@ class Config:
 
     # --- data -------------------------------------------------------------------------------
     data: str = "shapes"
-    """Training data: shapes (embedded), a folder, a prepared cache, .npy/.npz, mnist:DIR, cifar10:DIR,
-    celeba:DIR (also mnist-test:DIR, cifar10-test:DIR for the official test files)."""
+    """Training data: shapes (embedded), dsprites (embedded, with --channels 1), a folder, a prepared cache,
+    .npy/.npz, mnist:DIR, cifar10:DIR, celeba:DIR (also mnist-test:DIR, cifar10-test:DIR for the official
+    test files)."""
     val_data: str = ""
     """Explicit validation data (any --data source); when given, val_fraction is not used."""
     data_key: str = ""

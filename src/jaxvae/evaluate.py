@@ -28,6 +28,9 @@ the KL, so marginal_kl is the total KL minus I_q.
 Binarized models (--binarize) are evaluated on binarized data: static thresholds at 0.5 as in
 training; dynamic uses the standard protocol, one fixed stochastic binarization of the evaluated
 set drawn from the seed (example i's from fold_in(key, i), independent of the chunking).
+
+With --disentanglement (`disentanglement_scores`), on data with known factors: the five scores of
+disentanglement.py, of the posterior mean, drawn from the data's factor grid (or table).
 """
 
 from __future__ import annotations
@@ -406,6 +409,17 @@ def format_table(r: dict, title: str = "") -> str:
                                                     strict=True))
     more = f", ... ({z - shown} more)" if z > shown else ""
     lines.append(f"  KL per latent dim, sorted (nats): {top}{more}")
+    if "mig" in r:
+        d = r["disentanglement"]
+        settings = d["settings"]
+        lines.append(f"  disentanglement of {', '.join(d['factor_names'])} ({settings['num_train']} + "
+                     f"{settings['num_test']} samples, groups of {settings['batch_size']}, {d['seconds']:.1f} s)")
+        chance = 1.0 / len(d["factor_names"])
+        labels = {"betavae_score": f"beta-VAE score (chance {chance:.2f})",
+                  "factorvae_score": f"FactorVAE score (chance {chance:.2f})", "mig": "MIG", "sap": "SAP",
+                  "dci_disentanglement": "DCI disentanglement", "dci_completeness": "DCI completeness",
+                  "dci_informativeness": "DCI informativeness (accuracy)"}
+        lines += [f"    {labels[k]:<28}{r[k]:>14.4f}" for k in labels]
     return "\n".join(line for line in lines if line is not None)
 
 
@@ -437,6 +451,16 @@ class EvaluateArgs:
     """Write the bar chart of the KL per latent dim to this PNG."""
     checkpoint: str = "best"
     """Which checkpoint: best (by validation loss) | latest | a step number."""
+    disentanglement: bool = False
+    """Also score disentanglement (beta-VAE, FactorVAE, MIG, SAP, DCI) of the posterior mean, on data with
+    known factors: dsprites, shapes, or an .npz with a `factors` array."""
+    disentanglement_train: int = 10000
+    """Training samples (points) of each disentanglement metric: disentanglement_lib's 10000; fewer is faster
+    and noisier."""
+    disentanglement_test: int = 5000
+    """Held-out samples (points) of each disentanglement metric: disentanglement_lib's 5000."""
+    disentanglement_batch: int = 64
+    """Observations behind each beta-VAE and FactorVAE point: disentanglement_lib's 64."""
 
 
 def evaluation_data(vae, a: EvaluateArgs):
@@ -465,6 +489,40 @@ def evaluation_data(vae, a: EvaluateArgs):
     return x[: a.limit] if a.limit else x
 
 
+def disentanglement_ground_truth(c: Config, data: str = ""):
+    """The FactorData that --disentanglement draws from: the run's data (or `data`), rendered at the
+    model's image size (c is the run's config); ConfigError when that data has no known factors."""
+    from jaxvae import data as data_lib
+
+    spec = data or c.data
+    truth = None if c.data_dim else data_lib.ground_truth(spec, data_lib.DataOptions.from_config(c))
+    if truth is None:
+        raise ConfigError(f"--disentanglement needs data with known factors (dsprites, shapes, or an .npz with a "
+                          f"`factors` array), and {spec} has none")
+    return truth
+
+
+def disentanglement_scores(vae, truth, *, seed: int = 0, num_train: int = 10000, num_test: int = 5000,
+                           batch_size: int = 64) -> dict:
+    """disentanglement.score_all of the posterior mean of a TrainedVAE, on a FactorData of uint8 images."""
+    from jaxvae import disentanglement, latents
+    from jaxvae.data import to_model_range
+    from jaxvae.sample import CHUNK
+
+    model, _ = _unpack(vae, None)
+
+    def encode(x: np.ndarray) -> np.ndarray:  # (n, S, S, C) uint8 -> (n, Z) posterior means
+        # Padded to whole CHUNKs, so that every call runs the one compiled batch size.
+        n = len(x)
+        x = np.concatenate([x, np.zeros((-n % CHUNK, *x.shape[1:]), x.dtype)])
+        return latents.posterior(model, to_model_range(x))[0][:n]
+
+    result = disentanglement.score_all(encode, truth, seed=seed, num_train=num_train, num_test=num_test,
+                                       batch_size=batch_size)
+    result["disentanglement"]["settings"]["representation"] = "posterior mean"
+    return result
+
+
 def run_evaluate(argv: list[str]) -> int:
     """`jaxvae evaluate RUN ...`: the CLI entry (registered in cli.COMMANDS)."""
     import jaxvae
@@ -473,11 +531,20 @@ def run_evaluate(argv: list[str]) -> int:
     a = tyro.cli(EvaluateArgs, args=argv, prog="jaxvae evaluate")
     if a.limit < 0:
         raise ConfigError(f"--limit must be >= 0, got {a.limit}")
+    for flag in ("disentanglement_train", "disentanglement_test", "disentanglement_batch"):
+        if getattr(a, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(a, flag)}")
+    truth = None
+    if a.disentanglement:  # data without factors is refused before any work
+        truth = disentanglement_ground_truth(run_lib.open_run(a.run)[1], a.data)
     vae = jaxvae.load(a.run, checkpoint=a.checkpoint)  # only reads the run
     x = evaluation_data(vae, a)
     result = evaluate(vae, x, iw_samples=a.iw_samples, seed=a.seed, memory_cap_mb=a.memory_cap_mb)
     result.update(run=str(a.run), data=a.data or vae.config.data, split="all" if a.data else a.split,
                   checkpoint=f"{vae.checkpoint_step} ({vae.checkpoint_note})", checkpoint_step=vae.checkpoint_step)
+    if truth is not None:
+        result.update(disentanglement_scores(vae, truth, seed=a.seed, num_train=a.disentanglement_train,
+                                             num_test=a.disentanglement_test, batch_size=a.disentanglement_batch))
     kl_plot = a.kl_plot or (str(Path(a.out).with_suffix("")) + "_kl.png" if a.out else "")
     for path in (a.out, kl_plot):
         if path:

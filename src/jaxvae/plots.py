@@ -169,3 +169,22 @@ def png(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def mutual_information_heatmap(mi: np.ndarray, entropy: np.ndarray, factor_names, path) -> None:
+    """Heatmap of I(z_i; v_j) / H(v_j), the normalised mutual information behind MIG: one row per
+    factor, one column per latent dimension. A disentangled code has one bright cell per row."""
+    norm = np.asarray(mi, np.float64).T / np.maximum(np.asarray(entropy, np.float64)[:, None], 1e-12)  # (F, Z)
+    f, z = norm.shape
+    fig, ax = plt.subplots(figsize=(min(16.0, max(5.0, 0.45 * z + 2)), 0.5 * f + 1.4))
+    image = ax.imshow(norm, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_yticks(range(f), labels=list(factor_names))
+    ax.set_xticks(range(z), labels=[str(i) for i in range(z)], fontsize=8 if z > 24 else 10)
+    ax.set_xlabel("latent dimension")
+    if z <= 32:  # the numbers themselves, where they fit
+        for (j, i), v in np.ndenumerate(norm):
+            ax.text(i, j, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                    color="black" if v > 0.6 else "white")
+    ax.set_title("mutual information I(z_i; factor) / H(factor), 20-bin discretised codes")
+    fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02)
+    _save(fig, path)

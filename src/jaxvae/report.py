@@ -9,9 +9,10 @@ The pictures are recomputed from the checkpoint `jaxvae.load` picks (the best by
 the page shows what it would give: config and summary, the five curves, the data, reconstructions
 with their MSE, prior samples at three temperatures (beside a fitted sampler's, RUN/samplers/),
 pixel/lerp/slerp interpolations, the KL per latent dimension, traversals of the most active dimensions,
-and `evaluation*.json` where `jaxvae evaluate` wrote one. A run that is partial (still training,
-interrupted before a checkpoint, data moved) gets a page of what exists and one line for each thing
-that is missing. Writing `--out` is the only write.
+and `evaluation*.json` where `jaxvae evaluate` wrote one (with the disentanglement scores and a
+mutual-information heatmap where it has them). A run that is partial (still training, interrupted
+before a checkpoint, data moved) gets a page of what exists and one line for each thing that is
+missing. Writing `--out` is the only write.
 """
 
 from __future__ import annotations
@@ -320,8 +321,44 @@ def _evaluation(page: Page, path: Path) -> None:
         result = _read_json(page, file)
         if result is not None:
             parts += [_p(f"{file.name}:"), _table(_flatten(result), ("metric", "value"))]
+            _disentanglement(page, file.name, result)
     if parts:
         page.add("Evaluation", *parts)
+
+
+DISENTANGLEMENT_LABELS = {
+    "betavae_score": "beta-VAE score (Higgins et al. 2017)", "factorvae_score": "FactorVAE score (Kim & Mnih 2018)",
+    "mig": "MIG (Chen et al. 2018)", "sap": "SAP (Kumar et al. 2018)",
+    "dci_disentanglement": "DCI disentanglement (Eastwood & Williams 2018)", "dci_completeness": "DCI completeness",
+    "dci_informativeness": "DCI informativeness (test accuracy)",
+}
+
+
+def _disentanglement(page: Page, name: str, result) -> None:
+    """The scores of `jaxvae evaluate --disentanglement` and the mutual-information heatmap, when `result` has them."""
+    from jaxvae import plots
+
+    detail = result.get("disentanglement") if isinstance(result, dict) else None
+    if not isinstance(detail, dict) or not all(k in result for k in DISENTANGLEMENT_LABELS):
+        return
+    try:
+        settings = detail["settings"]
+        names = [str(n) for n in detail["factor_names"]]
+        mi, entropy = np.asarray(detail["mutual_information"], float), np.asarray(detail["factor_entropy"], float)
+        picture = _img(_figure(plots.mutual_information_heatmap, mi, entropy, names),
+                       "mutual information between latent dimensions and factors")
+        chance = 1.0 / len(names)
+        text = (f"From {name}: the posterior means of {settings['num_train']} + {settings['num_test']} draws of "
+                f"the factors {', '.join(names)} (beta-VAE and FactorVAE points of {settings['batch_size']} "
+                f"observations). Chance for the beta-VAE and FactorVAE scores is about {chance:.2f}; for the "
+                "others 0, except DCI informativeness, an accuracy. A disentangled code has one bright cell per "
+                "factor below, each in its own column.")
+    except (KeyError, TypeError, ValueError) as e:
+        page.missing.append(f"{name}: its disentanglement results could not be read ({type(e).__name__}: {e})")
+        return
+    page.add("Disentanglement", _p(text),
+             _table([(label, result[key]) for key, label in DISENTANGLEMENT_LABELS.items()], ("metric", "score")),
+             picture)
 
 
 def _read_json(page: Page, file: Path):

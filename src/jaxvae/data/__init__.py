@@ -11,7 +11,12 @@ Interface used by the rest of jaxvae:
   to_model_range / to_uint8 convert between uint8 pixels and the model's [-1, 1].
 
 Modules: sources (what --data names, array readers), images (one file -> one array), prepare
-(folder -> cache), pipeline (grain batches), commands (`jaxvae prepare`, `jaxvae show-data`).
+(folder -> cache), pipeline (grain batches), commands (`jaxvae prepare`, `jaxvae show-data`),
+shapes and dsprites (the embedded data), factors (data with known factors of variation).
+
+Data with known factors: `ground_truth(spec, options)` is the FactorData that the disentanglement
+metrics draw from (dsprites, shapes, or an .npz with a `factors` array), and a Dataset of dsprites
+or of such an .npz carries the (N, F) integer factors of its train and val images.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ import numpy as np
 
 from jaxvae.config import Config, ConfigError
 from jaxvae.data import sources
+from jaxvae.data.dsprites import DSprites, DSpritesImages
+from jaxvae.data.factors import FactorData, FactorTable, integer_factors
 from jaxvae.data.images import ImageSettings
 from jaxvae.data.prepare import ensure_cache, open_cache
-from jaxvae.data.shapes import make_shapes
+from jaxvae.data.shapes import Shapes, make_shapes
 
 SHAPES_COUNT = 6000  # images rendered for `--data shapes`, split into train and val
 SHAPES_SEED = 1234  # their seed (the factors of image i: shapes.shape_factors(SHAPES_COUNT, SHAPES_SEED))
@@ -46,6 +53,8 @@ class Dataset:
     val: np.ndarray  # (M, S, S, C) uint8, or Rows of a memmap
     source: str
     kind: str = "images"  # vector data comes as a data.vectors.VectorDataset, kind "vectors"
+    train_factors: np.ndarray | None = None  # (N, F) integer factors of the train images, where known
+    val_factors: np.ndarray | None = None  # (M, F) the same for val
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,15 +113,19 @@ def split(images: np.ndarray, val_fraction: float, seed: int = 0) -> tuple[np.nd
     Both parts keep the source's order. A memmap is split into two `Rows` views (nothing read);
     an in-memory array into two copies.
     """
-    n = len(images)
+    train_idx, val_idx = split_indices(len(images), val_fraction, seed)
+    if isinstance(images, (np.memmap, DSpritesImages)):  # views: nothing is read (or drawn)
+        return Rows(images, train_idx), Rows(images, val_idx)
+    return images[train_idx], images[val_idx]
+
+
+def split_indices(n: int, val_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted (train, val) row indices of `split`."""
     n_val = max(1, int(round(n * val_fraction))) if val_fraction > 0 else 0
     if n_val >= n:
         raise ConfigError(f"val_fraction {val_fraction} of {n} images leaves no training images")
     order = np.random.default_rng(seed).permutation(n)
-    train_idx, val_idx = np.sort(order[: n - n_val]), np.sort(order[n - n_val:])
-    if isinstance(images, np.memmap):
-        return Rows(images, train_idx), Rows(images, val_idx)
-    return images[train_idx], images[val_idx]
+    return np.sort(order[: n - n_val]), np.sort(order[n - n_val:])
 
 
 def load_images(spec: str, o: DataOptions, *, quiet: bool = False) -> np.ndarray:
@@ -120,6 +133,9 @@ def load_images(spec: str, o: DataOptions, *, quiet: bool = False) -> np.ndarray
     src = sources.parse_source(spec)
     if src.kind == "shapes":
         return make_shapes(SHAPES_COUNT, o.image_size, seed=SHAPES_SEED, channels=o.channels)[0]
+    if src.kind == "dsprites":
+        _check_dsprites(o)
+        return DSpritesImages(o.image_size)
     if src.kind in ("folder", "celeba"):
         settings = ImageSettings(o.image_size, o.channels, o.background, o.max_image_pixels,
                                  crop="celeba" if src.kind == "celeba" else "center")
@@ -138,6 +154,44 @@ def load_images(spec: str, o: DataOptions, *, quiet: bool = False) -> np.ndarray
     return sources.conform(raw, o.image_size, o.channels, o.data_range, name=spec)
 
 
+def _check_dsprites(o: DataOptions) -> None:
+    if o.channels != 1:
+        raise ConfigError(f"dsprites images are binary, 1 channel: pass --channels 1 (got --channels {o.channels}); "
+                          "dSprites' own size is --image-size 64")
+
+
+def source_factors(spec: str, o: DataOptions, count: int) -> np.ndarray | None:
+    """The (N, F) integer factors of the `count` images of `spec`, in their order, where it has them
+    (dsprites, an .npz with a `factors` array); None otherwise. ConfigError if N != count."""
+    src = sources.parse_source(spec)
+    if src.kind == "dsprites":
+        return DSpritesImages(o.image_size).factors()
+    if src.kind != "npz":
+        return None
+    factors = sources.read_npz_factors(src.path)
+    if factors is None:
+        return None
+    factors = integer_factors(factors, name=f"the factors in {spec}")
+    if len(factors) != count:
+        raise ConfigError(f"{spec}: its factors array has {len(factors)} rows but there are {count} images")
+    return factors
+
+
+def ground_truth(spec: str, o: DataOptions) -> FactorData | None:
+    """What the disentanglement metrics draw from: the data's factors and a way to render (or look up)
+    images for given factors. None for data without known factors."""
+    src = sources.parse_source(spec)
+    if src.kind == "dsprites":
+        _check_dsprites(o)
+        return DSprites(o.image_size)
+    if src.kind == "shapes":
+        return Shapes(o.image_size, o.channels)
+    if src.kind != "npz" or sources.read_npz_factors(src.path) is None:
+        return None
+    images = load_images(spec, o, quiet=True)
+    return FactorTable(images, source_factors(spec, o, len(images)))
+
+
 def load_dataset(c: Config) -> Dataset:
     """Train and validation images for a config: `val_data` when given, else a val_fraction split."""
     from jaxvae.data import vectors  # (N, D) float arrays: data/vectors.py
@@ -146,8 +200,14 @@ def load_dataset(c: Config) -> Dataset:
         return vectors.load_vectors(c)
     o = DataOptions.from_config(c)
     images = load_images(c.data, o)
+    factors = source_factors(c.data, o, len(images))
     if c.val_data:
         train, val = images, load_images(c.val_data, o)
+        val_factors = source_factors(c.val_data, o, len(val))
     else:
         train, val = split(images, c.val_fraction)
-    return Dataset(train=train, val=val, source=c.data)
+        val_factors = None
+        if factors is not None:
+            train_idx, val_idx = split_indices(len(factors), c.val_fraction)
+            factors, val_factors = factors[train_idx], factors[val_idx]
+    return Dataset(train=train, val=val, source=c.data, train_factors=factors, val_factors=val_factors)

@@ -99,6 +99,9 @@ def run_prepare(a: PrepareArgs) -> int:
                            overwrite=a.overwrite, quiet=a.quiet)
     elif src.kind == "cache":
         raise ConfigError(f"{a.src} is already a prepared cache: train on it with --data {a.src}")
+    elif src.kind == "dsprites":
+        raise ConfigError("dsprites is drawn on demand, faster than a cache could be read back: train on it with "
+                          "--data dsprites --channels 1")
     elif src.kind == "shapes":
         images = load_images(a.src, DataOptions(image_size=a.image_size, channels=a.channels))
         m = write_array_cache(images, a.out, a.src, overwrite=a.overwrite)

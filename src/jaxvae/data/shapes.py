@@ -4,13 +4,30 @@ Each image is one coloured shape (square, ellipse or triangle) with a random pos
 rotation, colour and background colour, rendered with 4x4 supersampling for smooth edges. The
 generator is deterministic by seed and returns its ground-truth factors beside the images, so a
 user can check what the latents learned.
+
+`render(factors)` draws images for chosen factors on a discrete grid, so that factors can be held
+fixed and varied (the disentanglement metrics do). The grid, each factor's index i of its size:
+
+    factor  values  what index i means
+    shape   3       0 square, 1 ellipse, 2 triangle
+    scale   6       half-size 0.18 + 0.04 i (a fraction of the side; make_shapes: uniform in [0.18, 0.38])
+    angle   10      2 pi i / 10 radians (make_shapes: uniform in [0, 2 pi))
+    x       8       centre margin + (1 - 2 margin) i / 7, margin = 0.8 scale (make_shapes: uniform there)
+    y       8       the same, top to bottom
+
+The shape and background colours are nuisance: drawn at random for every image, as make_shapes
+draws them, and not scored. The square repeats every 90 degrees and the ellipse every 180.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from jaxvae.data.factors import FactorData
+
 SHAPE_NAMES = ("square", "ellipse", "triangle")
+FACTOR_NAMES = ("shape", "scale", "angle", "x", "y")
+FACTOR_SIZES = (3, 6, 10, 8, 8)
 _SUPERSAMPLE = 4
 
 
@@ -34,6 +51,43 @@ def make_shapes(n: int, image_size: int, seed: int = 0, channels: int = 3,
         background in [0, 1].
     """
     factors = shape_factors(n, seed)
+    return _draw(factors, image_size, channels, chunk), factors
+
+
+def _separate_colours(factors: dict[str, np.ndarray]) -> None:
+    """Keep shape and background apart so every image has a visible shape (in place)."""
+    too_close = np.abs(factors["colour"] - factors["background"]).sum(-1) < 0.6
+    factors["colour"][too_close] = 1.0 - factors["background"][too_close]
+
+
+def render(factors: np.ndarray, image_size: int, channels: int = 3, seed: int = 0) -> np.ndarray:
+    """Images for factor indices on the grid of FACTOR_SIZES (see the module docstring).
+
+    Args:
+      factors: (n, 5) integers, FACTOR_NAMES order.
+      seed: fixes the nuisance colours, drawn per image.
+    Returns: (n, S, S, channels) uint8.
+    """
+    f = np.asarray(factors)
+    if f.ndim != 2 or f.shape[1] != len(FACTOR_SIZES):
+        raise ValueError(f"shapes factors must have shape (n, {len(FACTOR_SIZES)}), got {f.shape}")
+    if f.size and ((f < 0).any() or (f >= np.asarray(FACTOR_SIZES)).any()):
+        raise ValueError(f"shapes factor indices must lie in [0, {FACTOR_SIZES}), got {f.min(0)}..{f.max(0)}")
+    rng = np.random.default_rng(seed)
+    n = len(f)
+    scale = 0.18 + 0.04 * f[:, 1]
+    margin = scale * 0.8
+    values = {"shape": f[:, 0], "scale": scale, "angle": 2 * np.pi * f[:, 2] / FACTOR_SIZES[2],
+              "x": margin + (1 - 2 * margin) * f[:, 3] / (FACTOR_SIZES[3] - 1),
+              "y": margin + (1 - 2 * margin) * f[:, 4] / (FACTOR_SIZES[4] - 1),
+              "colour": rng.uniform(0.0, 1.0, (n, 3)), "background": rng.uniform(0.0, 1.0, (n, 3))}
+    _separate_colours(values)
+    return _draw(values, image_size, channels)
+
+
+def _draw(factors: dict[str, np.ndarray], image_size: int, channels: int, chunk: int = 256) -> np.ndarray:
+    """Continuous factors (make_shapes' dict) -> (n, S, S, channels) uint8."""
+    n = len(factors["shape"])
     s = image_size * _SUPERSAMPLE
     grid = (np.arange(s) + 0.5) / s  # sub-pixel centres in [0, 1]
     py, px = np.meshgrid(grid, grid, indexing="ij")  # (s, s)
@@ -54,7 +108,20 @@ def make_shapes(n: int, image_size: int, seed: int = 0, channels: int = 3,
         if channels == 1:
             rgb = rgb @ np.array([0.299, 0.587, 0.114])[:, None]
         images[sl] = np.round(rgb * 255).astype(np.uint8)
-    return images, factors
+    return images
+
+
+class Shapes(FactorData):
+    """`shapes` as ground truth for the metrics: uniform over the grid, colours drawn per image."""
+
+    factor_names = FACTOR_NAMES
+    factor_sizes = FACTOR_SIZES
+
+    def __init__(self, image_size: int, channels: int = 3):
+        self.image_size, self.channels = image_size, channels
+
+    def observations(self, factors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return render(factors, self.image_size, self.channels, seed=int(rng.integers(2**63)))
 
 
 def shape_factors(n: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -70,10 +137,7 @@ def shape_factors(n: int, seed: int = 0) -> dict[str, np.ndarray]:
     margin = factors["scale"] * 0.8
     factors["x"] = rng.uniform(margin, 1 - margin)
     factors["y"] = rng.uniform(margin, 1 - margin)
-    # Keep shape and background apart so every image has a visible shape.
-    too_close = np.abs(factors["colour"] - factors["background"]).sum(-1) < 0.6
-    factors["colour"][too_close] = 1.0 - factors["background"][too_close]
-
+    _separate_colours(factors)
     return factors
 
 

@@ -1,10 +1,12 @@
 """What `--data` names, and the readers for array-shaped sources.
 
   shapes            the embedded dataset
+  dsprites          dSprites' factor grid, drawn on demand (data/dsprites.py); needs --channels 1
   DIR               a folder of images (prepared into a cache first), or a prepared cache
   celeba:DIR        CelebA's img_align_celeba folder, or its parent (prepared with its face crop)
   FILE.npy          uint8 (N, H, W[, C]), or float with --data-range 01|pm1; memory-mapped
-  FILE.npz          the same, the array named by --data-key (optional when there is one)
+  FILE.npz          the same, the array named by --data-key (optional when there is one, or one
+                    beside a `factors` array: (N, F) integer factors, for evaluate --disentanglement)
   mnist:DIR         train-images-idx3-ubyte[.gz] (mnist-test:DIR: t10k-images-idx3-ubyte[.gz])
   cifar10:DIR       data_batch_1..5.bin, the *binary* version (cifar10-test:DIR: test_batch.bin)
 
@@ -30,12 +32,13 @@ PREFIXES = ("mnist", "mnist-test", "cifar10", "cifar10-test", "celeba")
 CIFAR_RECORD = 1 + 3 * 32 * 32  # one label byte, then 1024 red, 1024 green, 1024 blue bytes
 IDX3_UBYTE_MAGIC = 0x00000803  # two zero bytes, type 0x08 (unsigned byte), 3 dimensions
 IDX1_UBYTE_MAGIC = 0x00000801  # the same, 1 dimension: MNIST's label files
+FACTORS_KEY = "factors"  # an .npz's (N, F) integer factors of variation, one row per image
 _CHUNK = 4096  # images converted at a time, so a big float array is never copied whole
 
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    kind: str  # shapes | folder | cache | celeba | npy | npz | mnist | mnist-test | cifar10 | cifar10-test
+    kind: str  # shapes | dsprites | folder | cache | celeba | npy | npz | mnist | mnist-test | cifar10 | cifar10-test
     path: str
 
 
@@ -46,8 +49,8 @@ def is_cache(path: str) -> bool:
 
 def parse_source(spec: str) -> Source:
     """Resolve a `--data` string, checking that what it names exists."""
-    if spec == "shapes":
-        return Source("shapes", "")
+    if spec in ("shapes", "dsprites"):
+        return Source(spec, "")
     prefix, sep, rest = spec.partition(":")
     if sep and prefix in PREFIXES:
         if not os.path.isdir(rest):
@@ -61,7 +64,7 @@ def parse_source(spec: str) -> Source:
         return Source(spec[-3:], spec)
     if os.path.isdir(spec):
         return Source("cache" if is_cache(spec) else "folder", spec)
-    raise ConfigError(f"unknown data source {spec!r}: expected shapes, a folder, a .npy/.npz file, "
+    raise ConfigError(f"unknown data source {spec!r}: expected shapes, dsprites, a folder, a .npy/.npz file, "
                       f"or one of {', '.join(p + ':DIR' for p in PREFIXES)}")
 
 
@@ -88,11 +91,22 @@ def read_npz(path: str, key: str) -> np.ndarray:
                     raise ConfigError(f"{path} has no array {key!r}; it holds {keys}")
             elif len(keys) == 1:
                 key = keys[0]
+            elif len(keys) == 2 and FACTORS_KEY in keys:  # images beside their factors
+                key = next(k for k in keys if k != FACTORS_KEY)
             else:
                 raise ConfigError(f"{path} holds {len(keys)} arrays {keys}: choose one with --data-key")
             return npz[key]
     except ConfigError:
         raise
+    except (ValueError, OSError, zipfile.BadZipFile) as e:
+        raise ConfigError(f"cannot read {path} as a numeric .npz archive: {e}") from None
+
+
+def read_npz_factors(path: str) -> np.ndarray | None:
+    """The `factors` array of an .npz, or None when it has none."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return npz[FACTORS_KEY] if FACTORS_KEY in npz.files else None
     except (ValueError, OSError, zipfile.BadZipFile) as e:
         raise ConfigError(f"cannot read {path} as a numeric .npz archive: {e}") from None
 
