@@ -155,7 +155,8 @@ def test_open_run_rejects_other_formats_and_never_writes(tmp_path):
     assert run_lib.open_run(run)[1] == Config()
     assert tree_hash(run) == before
     run_lib.write_json(run / run_lib.META, {"jaxvae_version": "9.0", "format": 99})
-    with pytest.raises(RunError, match=rf"written by jaxvae 9.0 \(run format 99\); this jaxvae .* reads format {run_lib.FORMAT}"):
+    expected = rf"written by jaxvae 9.0 \(run format 99\); this jaxvae .* reads format {run_lib.FORMAT}"
+    with pytest.raises(RunError, match=expected):
         run_lib.open_run(run)
     (run / run_lib.META).unlink()
     with pytest.raises(RunError, match="no readable meta.json"):
