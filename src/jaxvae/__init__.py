@@ -9,6 +9,7 @@
 from jaxvae import evaluate  # a module you can call: jaxvae.evaluate(vae, data, iw_samples=K)
 from jaxvae.api import TrainedVAE, load
 from jaxvae.config import PRESETS, Config
-from jaxvae.distributions import Bernoulli, DiagonalGaussian
+from jaxvae.distributions import Bernoulli, DiagonalGaussian, DiscretizedLogisticMixture
 
-__all__ = ["PRESETS", "Bernoulli", "Config", "DiagonalGaussian", "TrainedVAE", "evaluate", "load"]
+__all__ = ["PRESETS", "Bernoulli", "Config", "DiagonalGaussian", "DiscretizedLogisticMixture", "TrainedVAE", "evaluate",
+           "load"]
