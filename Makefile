@@ -16,6 +16,9 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/jaxvae train --preset tiny --data shapes --out runs/demo --overwrite
+	@# samples from a Gaussian mixture fitted to the training latents, beside the prior's in the report
+	$(BIN)/jaxvae fit-sampler runs/demo --kind gmm --components 10
+	$(BIN)/jaxvae report runs/demo
 
 test: $(STAMP)
 	@# headless Chromium for the report's browser test (tests/test_report.py skips that test without it)
