@@ -6,7 +6,8 @@
     vae.reconstruct(x); vae.sample(16, seed=0, temperature=0.8)
     vae.interpolate(x0, x1, steps=10, method="slerp")
 
-Loading only reads the run (config.json and the parameters of the latest checkpoint).
+Loading only reads the run (config.json and the parameters of the latest checkpoint: their EMA when
+the run was trained with --ema).
 """
 
 from __future__ import annotations
