@@ -63,8 +63,8 @@ def check_resumable(run_dir: Path, saved: Config, new: Config) -> None:
 def finished(run_dir: Path, saved: Config, c: Config) -> tuple[dict, str] | None:
     """(summary, what to tell the user) when `--resume` would have nothing to do, else None.
 
-    A run is finished when its summary.json covers c.steps, or it stopped early and the patience is
-    unchanged; raising --steps (or changing --early-stop) extends it instead.
+    A run is finished when its summary.json and its last checkpoint are at c.steps, or it stopped early
+    and the patience is unchanged; raising --steps (or changing --early-stop) extends it instead.
     """
     try:
         summary = run_lib.read_json(run_dir / run_lib.SUMMARY)
@@ -77,7 +77,7 @@ def finished(run_dir: Path, saved: Config, c: Config) -> tuple[dict, str] | None
         return summary, (f"{run_dir} is finished: it stopped early at step {stopped} and kept its best checkpoint, "
                          f"step {summary.get('best_step')}. To train on from there: jaxvae train --resume {run_dir} "
                          f"--early-stop 0 (or a larger patience)")
-    if stopped is None and summary.get("steps", -1) >= c.steps:
+    if stopped is None and summary.get("steps") == c.steps and (run_dir / run_lib.CHECKPOINTS / str(c.steps)).is_dir():
         return summary, (f"{run_dir} is finished: it trained all {c.steps:,} steps. To extend it: "
                          f"jaxvae train --resume {run_dir} --steps {2 * c.steps}")
     return None

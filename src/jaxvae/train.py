@@ -317,7 +317,7 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
     run_lib.write_json(run_dir / run_lib.SUMMARY, summary)
     tb.images(c.steps, {name.removesuffix(".png"): run_dir / name for name in run_lib.PICTURES})
     _write_report(run_dir)  # reads the run back on this process alone (see Checkpointer's read_only)
-    say(f"trained {c.steps} steps in {train_seconds:.1f} s ({summary['images_per_s']:.0f} img/s); "
+    say(f"trained {step} steps in {train_seconds:.1f} s ({summary['images_per_s']:.0f} img/s); "
         f"val reconstruction MSE {summary['reconstruction_mse']:.4f}; wrote {run_dir}")
     return summary
 
