@@ -265,7 +265,8 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
                     record = {k: float(v) for k, v in jax.device_get(metrics).items()}  # the one host sync
                     record.update(step=step, images_per_s=rates[-1] if rates else 0.0)
                     if is_eval:
-                        record.update(validation_metrics(eval_step, eval_params(state), dataset.val, c, dataset.kind))
+                        record.update(validation_metrics(eval_step, eval_params(state), dataset.val, c,
+                                                         dataset.kind))
                         _report(record, c, bar, quiet)
                         if stopper.observe(step, record["val_loss"]):
                             is_save = True  # a new best: keep it as a checkpoint, whatever ckpt_every says
@@ -428,7 +429,7 @@ def finish(run_dir: Path, c: Config, graphdef, params, dataset, last: dict) -> d
                           note=f"summary.json's reconstruction_mse is over the first {min(len(dataset.val), VAL_IMAGES)}")
     samples = sample.sample_prior(model, 20, jax.random.key(c.seed + 3))
     plots.image_grid(samples, run_dir / "samples.png", rows=2, title="prior samples, z ~ N(0, I)")
-    x0, x1 = data_lib.to_model_range(dataset.val[:2])  # held-out images 0 and 1, as `jaxvae interpolate` and the report
+    x0, x1 = data_lib.to_model_range(dataset.val[:2])  # held-out images 0 and 1, as in interpolate and the report
     pixel = sample.interpolate_pixels(x0, x1, 10)
     latent = sample.interpolate(model, x0, x1, 10, "slerp")
     plots.interpolation(pixel, latent, run_dir / "interpolation.png", method="slerp")
