@@ -280,7 +280,8 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
                 if is_save or stop.received:
                     val = record.get("val_loss") if record.get("step") == step else None
                     if val is None and is_save:  # the best checkpoint is chosen by validation loss
-                        val = validation_metrics(eval_step, eval_params(state), dataset.val, c, dataset.kind)["val_loss"]
+                        val = validation_metrics(eval_step, eval_params(state), dataset.val, c,
+                                                 dataset.kind)["val_loss"]
                     run_lib.sync_metrics(run_dir)
                     ckpt.save(step, state, batches.get_state(), val)
                 if stop.received:
@@ -426,7 +427,7 @@ def finish(run_dir: Path, c: Config, graphdef, params, dataset, last: dict) -> d
     mse = sample.pixel_mse(val, recon)
     plots.curves(run_lib.read_metrics(run_dir), run_dir / "curves.png")
     plots.reconstructions(val, recon, mse, run_dir / "reconstructions.png",
-                          note=f"summary.json's reconstruction_mse is over the first {min(len(dataset.val), VAL_IMAGES)}")
+                          note=f"summary.json's reconstruction_mse: the first {min(len(dataset.val), VAL_IMAGES)}")
     samples = sample.sample_prior(model, 20, jax.random.key(c.seed + 3))
     plots.image_grid(samples, run_dir / "samples.png", rows=2, title="prior samples, z ~ N(0, I)")
     x0, x1 = data_lib.to_model_range(dataset.val[:2])  # held-out images 0 and 1, as in interpolate and the report
