@@ -426,8 +426,9 @@ def finish(run_dir: Path, c: Config, graphdef, params, dataset, last: dict) -> d
     recon = sample.reconstruct(model, val)
     mse = sample.pixel_mse(val, recon)
     plots.curves(run_lib.read_metrics(run_dir), run_dir / "curves.png")
+    summary_images = min(len(dataset.val), VAL_IMAGES)
     plots.reconstructions(val, recon, mse, run_dir / "reconstructions.png",
-                          note=f"summary.json's reconstruction_mse: the first {min(len(dataset.val), VAL_IMAGES)}")
+                          note=f"summary.json's reconstruction_mse is over the first {summary_images} held-out images")
     samples = sample.sample_prior(model, 20, jax.random.key(c.seed + 3))
     plots.image_grid(samples, run_dir / "samples.png", rows=2, title="prior samples, z ~ N(0, I)")
     x0, x1 = data_lib.to_model_range(dataset.val[:2])  # held-out images 0 and 1, as in interpolate and the report
