@@ -1,8 +1,13 @@
 """Shared fixtures: a micro config and one trained micro run, reused by the read-only tests."""
 
+import jax
 import pytest
 
 from jaxvae.config import Config
+
+# As equinox's tests do: an implicit broadcast between arrays of different ranks (a (B,) against a
+# (B, Z), say) raises instead of silently broadcasting, so a shape slip cannot hide in the maths.
+jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 def micro_config(**changes) -> Config:

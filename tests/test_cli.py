@@ -141,14 +141,27 @@ def test_bad_picture_flags(capsys, trained_run, tmp_path):
                                                "--out", str(tmp_path / "i.png")])
 
 
-def test_help_explains_every_command():
-    for name in cli.COMMANDS:
-        r = jaxvae_cmd(name, "--help") if name == "train" else None
-        if r is not None:
-            assert r.returncode == 0 and "--posterior-scale" in r.stdout and "--beta" in r.stdout
+# A flag each command's help must show (besides its usage line).
+HELP_FLAGS = {"train": ("--posterior-scale", "--beta", "--lr-schedule", "--warmup-steps", "--ema", "--early-stop"),
+              "sample": ("--temperature",), "reconstruct": ("--n",), "interpolate": ("--method",),
+              "prepare": ("--overwrite",), "show-data": ("--data",), "report": ("--out",), "traverse": ("--dims",),
+              "evaluate": ("--iw-samples",)}
+
+
+@pytest.mark.parametrize("name", list(cli.COMMANDS))
+def test_help_explains_every_command(name, capsys):
     with pytest.raises(SystemExit) as e:
-        cli.main(["sample", "--help"])
+        cli.main([name, "--help"])
+    out = capsys.readouterr().out
     assert e.value.code == 0
+    assert f"usage: jaxvae {name}" in out, out[:200]
+    for flag in HELP_FLAGS[name]:
+        assert flag in out, (name, flag)
+
+
+def test_help_through_the_real_entry_point():
+    r = jaxvae_cmd("train", "--help")
+    assert r.returncode == 0 and "--posterior-scale" in r.stdout and "--ema" in r.stdout
 
 
 def test_unknown_command(capsys):

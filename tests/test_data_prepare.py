@@ -129,7 +129,8 @@ def test_training_cache_is_reused_then_rebuilt_when_the_folder_changes(tmp_path,
     kw = {"cache_dir": str(tmp_path / "caches"), "quiet": True}
     first = ensure_cache(str(src), S, **kw)
     assert ensure_cache(str(src), S, **kw) == first and len(builds) == 1  # unchanged: reused
-    assert ensure_cache(str(src), ImageSettings(16, 3), **kw) != first  # other settings: own cache
+    other = ensure_cache(str(src), ImageSettings(16, 3), **kw)  # other settings: own cache, beside the first
+    assert other != first and open_cache(other)[0].shape == (4, 16, 16, 3) and open_cache(first)[0].shape[1] == 8
     builds.clear()
     Image.new("RGB", (10, 10), (9, 9, 9)).save(src / "new.png")  # the folder changes
     assert ensure_cache(str(src), S, **kw) == first and len(builds) == 1

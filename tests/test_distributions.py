@@ -1,5 +1,6 @@
 """DiagonalGaussian against float64 closed forms, a Monte-Carlo KL, and the chapter's two bugs."""
 
+import functools
 import math
 
 import jax
@@ -60,8 +61,9 @@ def test_kl_closed_form_and_monte_carlo(p):
     keys = jax.random.split(jax.random.key(1), 20_000)
     z = jax.vmap(d.sample)(keys)  # (K, 4, 7)
     prior = DiagonalGaussian(mean=jnp.zeros_like(z), log_std=jnp.zeros_like(z))
-    mc = np.mean(np.asarray(d.log_prob(z) - prior.log_prob(z), np.float64), axis=0)
-    se = np.std(np.asarray(d.log_prob(z) - prior.log_prob(z), np.float64), axis=0) / math.sqrt(len(keys))
+    d_k = DiagonalGaussian(d.mean[None], d.log_std[None])  # (1, 4, 7): ranks match z's, as the tests demand
+    mc = np.mean(np.asarray(d_k.log_prob(z) - prior.log_prob(z), np.float64), axis=0)
+    se = np.std(np.asarray(d_k.log_prob(z) - prior.log_prob(z), np.float64), axis=0) / math.sqrt(len(keys))
     assert np.all(np.abs(mc - closed) < 5 * se + 1e-3)
 
 
@@ -107,6 +109,54 @@ def test_finite_for_raw_up_to_30(raw, mean, x, p):
     values = [d.std, d.var, d.log_std, d.log_prob(jnp.float32(x)), d.kl_to_standard_normal(),
               d.sample(jax.random.key(0))]
     assert all(np.isfinite(np.asarray(v)).all() for v in values)
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=st.floats(-FLOAT32_MAX, FLOAT32_MAX, width=32), mean=st.floats(-1e3, 1e3, width=32),
+       x=st.floats(-1e3, 1e3, width=32), p=st.sampled_from(PARAMETERIZATIONS))
+def test_finite_for_every_finite_raw_scale_with_gradients(raw, mean, x, p):
+    """Any finite float32 raw output: every method and its gradients in (mean, raw) are finite,
+    also at x == mean (where an unbounded log sigma of -100 made 0 * inf = NaN)."""
+    values, grads = _methods_and_gradients(jnp.float32(mean), jnp.float32(raw), jnp.float32(x), p)
+    assert np.isfinite(np.asarray(values)).all(), values
+    assert all(np.isfinite(np.asarray(g)).all() for g in grads), grads
+
+
+def _methods(m, r, x, p):
+    d = DiagonalGaussian.from_raw(m, r, p)
+    return jnp.stack([d.std, d.var, d.log_std, d.log_prob(x), d.log_prob(m), d.kl_to_standard_normal(),
+                      d.sample(jax.random.key(0))])
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _methods_and_gradients(m, r, x, p):
+    """(7,) values of std, var, log_std, log_prob(x), log_prob(mean), KL, a sample; (7,) d/dmean, (7,) d/draw."""
+    return _methods(m, r, x, p), jax.jacrev(_methods, argnums=(0, 1))(m, r, x, p)
+
+
+@pytest.mark.parametrize("p", PARAMETERIZATIONS)
+def test_log_prob_at_the_mean_with_a_tiny_raw_scale(p):
+    d = DiagonalGaussian.from_raw(jnp.float32(0.5), jnp.float32(-100.0), p)
+    sigma = math.exp(float(d.log_std))
+    assert float(d.log_prob(jnp.float32(0.5))) == pytest.approx(-0.5 * math.log(2 * math.pi) - math.log(sigma),
+                                                                rel=1e-6)
+
+
+def test_the_soft_clamp_is_the_identity_inside_and_bends_smoothly_outside():
+    from jaxvae.distributions import soft_clamp_log_std
+
+    inside = jnp.linspace(-20.0, 20.0, 4001)
+    np.testing.assert_array_equal(soft_clamp_log_std(inside), inside)  # bitwise: trained models are unchanged
+    outside = jnp.asarray([20.5, 25.0, 44.0, 1e4, 3e38])
+    bent = np.asarray(soft_clamp_log_std(outside), np.float64)
+    np.testing.assert_allclose(bent[:3], 20 + 10 * np.tanh((np.asarray([20.5, 25.0, 44.0]) - 20) / 10), rtol=1e-6)
+    assert np.all(np.diff(bent) >= 0) and np.all(bent <= 30.0)
+    np.testing.assert_allclose(soft_clamp_log_std(-outside), -soft_clamp_log_std(outside))
+    slope = jax.vmap(jax.grad(soft_clamp_log_std))(jnp.asarray([19.999, 20.0, 20.001, -20.001]))
+    np.testing.assert_allclose(slope, 1.0, atol=1e-3)  # no kink where the identity ends
 
 
 @pytest.mark.parametrize("p", PARAMETERIZATIONS)

@@ -230,3 +230,52 @@ def test_cli_vector_run_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["evaluate", str(run), "--data", str(tmp_path / "wrong.npy")]) == 2
     assert "has D = 3 columns but the run was trained on D = 4" in capsys.readouterr().err
+
+
+# --- dequantization and the bits/dim offset, against a closed form --------------------------------
+
+def _constant_model(c):
+    """q(z|x) = N(0, I) = p(z) (encoder head zeroed) and p(x|z) = N(-1, sigma^2) whatever z (decoder
+    head zeroed, bias -1): log w_k = log p(x|z_k) exactly, so every figure has a closed form."""
+    model = build(c)
+    for head, bias in ((model.encoder.head, 0.0), (model.decoder.head, -1.0)):
+        head.kernel[...] = np.zeros(head.kernel.shape, np.float32)
+        head.bias[...] = np.full(head.bias.shape, bias, np.float32)
+    return model
+
+
+def test_evaluate_dequantizes_and_converts_bits_per_dim_to_8_bit_units():
+    """Black images (pixel 0 -> -1) under N(-1, (1/127.5)^2): sigma is one 8-bit level. Dequantized,
+    each pixel is 0 + u, u ~ U[0, 1), so in 8-bit units its NLL is 1/2 log 2 pi + u^2 / 2, on average
+    1/2 log 2 pi + 1/6 nats; in the model's [-1, 1] units it is D log 127.5 less (the Jacobian).
+    Without dequantization u = 0 exactly."""
+    c = TINY_IMAGES.replace(dequantize=True, decoder_variance="fixed", decoder_std=1 / 127.5)
+    model, data = _constant_model(c), np.zeros((128, *c.data_shape), np.uint8)
+    d, half_log_2pi = int(np.prod(c.data_shape)), 0.5 * math.log(2 * math.pi)
+    r = evaluate(model, data, 2, config=c)
+    assert r["kl"]["mean"] == pytest.approx(0.0, abs=1e-6)
+    nats_8bit = half_log_2pi + 1 / 6  # per dim; the draw's u^2/2 has sd 0.15 per pixel, 0.0017 over 128 x 64
+    assert r["reconstruction_nll"]["mean"] / d == pytest.approx(nats_8bit - math.log(127.5), abs=0.007)
+    assert r["bits_per_dim"]["mean"] == pytest.approx(nats_8bit / math.log(2), abs=0.01)
+    assert r["bits_per_dim_valid_bound"]
+    clean = evaluate(model, data, 2, config=c.replace(dequantize=False))
+    assert clean["reconstruction_nll"]["mean"] / d == pytest.approx(half_log_2pi - math.log(127.5), rel=1e-5)
+    assert clean["bits_per_dim"]["mean"] == pytest.approx(half_log_2pi / math.log(2), rel=1e-5)
+
+
+def test_active_units_threshold_the_variance_not_the_std():
+    """Posterior means whose variance over the examples is 1, 0.0025, 0.02 and 1e-6: std 1, 0.05,
+    0.14 and 0.001. Var > 0.01 makes dims 0 and 2 active; a std > 0.01 rule would count three."""
+    from jaxvae import diagnostics, latents
+
+    variances = np.array([1.0, 0.0025, 0.02, 1e-6])
+    signs = np.where(np.arange(1000) % 2 == 0, 1.0, -1.0)[:, None]  # +-sqrt(var): exact population variance
+    mean = signs * np.sqrt(variances)[None]
+    log_std = np.zeros_like(mean)
+    kl = 0.5 * mean**2
+    r = diagnostics.collapse(mean, log_std, kl, jax.random.key(0), 2**20)
+    np.testing.assert_allclose(r["latent_activity"], variances * 1000 / 999, rtol=1e-9)
+    assert r["active_units"] == 2
+    stats = latents.LatentStats.of(mean, log_std)
+    np.testing.assert_allclose(stats.mean_variance, variances, rtol=1e-6)
+    assert stats.active == 2

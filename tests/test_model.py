@@ -20,8 +20,19 @@ def test_seed_preset_is_the_chapters_setting():
     assert (c.steps, c.eval_every) == (100_000, 300)
 
 
+# Every preset's count, pinned: a change to a preset or to the model shows up here first.
+# (tiny: 586,337 with its shared learned decoder sigma, one scalar beside the transformer.)
+PRESET_PARAMS = {"seed": SEED_PARAMS, "tiny": 586_337}
+
+
 def test_seed_parameter_count_is_pinned():
     assert count_params(build(SEED)) == SEED_PARAMS
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_parameter_count_is_pinned(name):
+    assert name in PRESET_PARAMS, f"pin the parameter count of the new preset {name!r}"
+    assert count_params(build(PRESETS[name])) == PRESET_PARAMS[name]
 
 
 @pytest.mark.parametrize("changes", [

@@ -76,6 +76,19 @@ def test_training_writes_a_self_contained_report(trained):
     assert f'content="{report.CSP}"' in text
 
 
+def test_pictures_and_summary_come_first_and_the_config_last_collapsed(trained):
+    run_dir, _ = trained
+    text = (run_dir / run_lib.REPORT).read_text()
+    titles = re.findall(r"<h2>([^<]*)</h2>", text)
+    assert titles[0] == "Run summary" and titles[-1].startswith("Config")
+    assert titles.index("Reconstructions") < titles.index("Evaluation") < len(titles) - 1
+    config = text[text.index("<h2>Config"):]
+    assert config.index("<details>") < config.index("<table>")  # collapsed until asked for
+    # a finished run without an evaluation is not "missing" anything: a hint sits in its own section
+    assert '<div class="missing">' not in text
+    assert "No evaluation yet: `jaxvae evaluate RUN --out RUN/evaluation.json`" in html.unescape(text)
+
+
 def test_report_numbers_are_the_runs(trained):
     run_dir, _ = trained
     text = (run_dir / run_lib.REPORT).read_text()

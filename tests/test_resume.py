@@ -175,6 +175,63 @@ def test_extending_a_finished_run_at_an_epoch_boundary_is_bitwise_equal(referenc
     assert final_digests(run, 24) == final_digests(reference, 24)
 
 
+def test_a_run_with_ema_resumes_bitwise_equal(tmp_path, monkeypatch):
+    """The EMA of the parameters is checkpointed (an item of its own, with its digest) and continues
+    exactly: SIGTERM at step 7 and a resume end where an uninterrupted run ends."""
+    c = MICRO.replace(ema=0.9)
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    train_lib.train(c, reference, quiet=True)
+    monkeypatch.setattr(parallel, "make_batches", hooked_batches({7: sigterm}))
+    with pytest.raises(KeyboardInterrupt):
+        train_lib.train(c, run, quiet=True)
+    monkeypatch.setattr(parallel, "make_batches", REAL_BATCHES)
+    train_lib.train(c, run, quiet=True, resume=True)
+    assert comparable(run) == comparable(reference)
+    digests = final_digests(run, 24)
+    assert set(digests) == {"params", "ema", "train"} and digests == final_digests(reference, 24)
+    assert digests["ema"] != digests["params"]
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(reference, capsys):
+    before = run_hash(reference)
+    summary = train_lib.train(MICRO, reference, resume=True)
+    assert capsys.readouterr().out == (f"{reference} is finished: it trained all 24 steps. To extend it: "
+                                       f"jaxvae train --resume {reference} --steps 48\n")
+    assert summary == run_lib.read_json(reference / run_lib.SUMMARY)
+    assert run_hash(reference) == before
+
+
+def test_early_stop_keeps_the_best_checkpoint_and_a_resume_can_go_on(tmp_path, monkeypatch, capsys):
+    """Validation losses scripted per evaluation (every 3 steps): best at step 6, then two evaluations
+    without improvement stop the run at step 12 with checkpoint 6 as its last."""
+    script = iter([5.0, 4.0, 4.5, 4.6] + [3.0 - 0.1 * i for i in range(20)])
+    monkeypatch.setattr(train_lib, "validation_metrics",
+                        lambda *a, **k: {f"val_{key}": next(script) if key == "loss" else 0.0
+                                         for key in train_lib.VAL_KEYS})
+    monkeypatch.setattr(train_lib, "ESTIMATE_STEPS", 2)
+    c = MICRO.replace(eval_every=3, ckpt_every=24, early_stop=2)
+    run = tmp_path / "run"
+    summary = train_lib.train(c, run, preset="tiny")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (f"training preset tiny for 24 steps on {TRAIN_IMAGES} training and {VAL_IMAGES} held-out "
+                      f"images from shapes; lr schedule constant, early stop after 2 evaluations without "
+                      f"improvement; writing {run}")
+    assert any(" steps/s: about " in line and "remaining" in line for line in out[1:4])
+    assert out[-3:-1] == ["early stop at step 12: the validation loss has not improved for 2 evaluations; "
+                          "kept the best checkpoint, step 6 (val_loss 4.00)", "writing pictures and report..."]
+    assert (summary["early_stopped_at"], summary["best_step"], summary["best_val_loss"]) == (12, 6, 4.0)
+    ckpt = Checkpointer(run, read_only=True)
+    assert ckpt.latest_step() == 6  # the worse ones after it are gone: load, evaluate and report see step 6
+    assert [r["step"] for r in run_lib.read_metrics(run)][-1] == 12
+    # finished, as long as the patience is the same; --early-stop 0 trains on from the best checkpoint
+    train_lib.train(c, run, resume=True)
+    assert capsys.readouterr().out.startswith(f"{run} is finished: it stopped early at step 12 and kept its best "
+                                              "checkpoint, step 6. To train on from there:")
+    summary = train_lib.train(c.replace(early_stop=0), run, quiet=True, resume=True)
+    assert summary["resumed_from_step"] == 6 and "early_stopped_at" not in summary
+    assert [r["step"] for r in run_lib.read_metrics(run)] == list(range(1, 25))
+
+
 def test_kill_9_at_random_steps_in_subprocesses_then_resume(reference, tmp_path):
     kill_at = [random.randint(1, 20) for _ in range(3)]
     runs = [tmp_path / f"kill{i}" for i in range(3)]
@@ -230,6 +287,7 @@ def test_resume_cleans_a_torn_save_and_falls_back_past_a_damaged_checkpoint(refe
     run = tmp_path / "run"
     shutil.copytree(reference, run)
     checkpoints = run / "checkpoints"
+    (run / run_lib.SUMMARY).unlink()  # killed before it finished (a finished run is not trained again)
     (checkpoints / "25.orbax-checkpoint-tmp").mkdir()  # what a kill -9 mid-save leaves
     (checkpoints / "24" / "train" / "_METADATA").unlink()
     train_lib.train(MICRO, run, quiet=True, resume=True)

@@ -8,9 +8,9 @@
     vae.interpolate(x0, x1, steps=10, method="slerp")
 
 Loading only reads the run: config.json and the parameters of one checkpoint, by default the best by
-validation loss (`checkpoint="latest"` or a step number pick another); vae.checkpoint_step and
-vae.checkpoint_note say which. Or a file that `jaxvae export` wrote (jaxvae.load("model.safetensors"),
-see export.py): the same model.
+validation loss (`checkpoint="latest"` or a step number pick another), their EMA when the run was
+trained with --ema; vae.checkpoint_step and vae.checkpoint_note say which. Or a file that
+`jaxvae export` wrote (jaxvae.load("model.safetensors"), see export.py): the same model.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """Orbax checkpoints of a run: parameters, optimiser state, step, RNG and data position.
 
-Each checkpoint is a composite of four items so that inference can read the parameters alone:
+Each checkpoint is a composite of four items (five with --ema) so that inference can read the
+parameters alone:
   params     the model's nnx.State
+  ema        with --ema: the moving average of params, same tree; what inference reads when present
   train      every other entry of the train state (opt_state, step, key, guard counters)
   data       the data iterator's JSON state
-  integrity  JSON {"params": sha256, "train": sha256} of the saved arrays
+  integrity  JSON {"params": sha256, "train": sha256[, "ema": sha256]} of the saved arrays
 
 Orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and renames it to `<step>` only once
 every item is on disk, so a crash leaves either a committed checkpoint or a temporary
@@ -31,6 +33,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 from jaxvae.run import CHECKPOINTS, DAMAGED, RunError
 
 TMP_MARK = ".orbax-checkpoint-tmp"  # orbax's suffix for a step that was never committed
+PARAM_ITEMS = ("params", "ema")  # train-state entries saved as items of their own (inference reads them)
 
 
 class _QuietOrbax(logging.Filter):
@@ -159,15 +162,16 @@ class Checkpointer:
         host = jax.device_get(state)  # one copy, reused for the finiteness check and the digests
         if not all_finite(host):
             raise RunError(f"refusing to save checkpoint {step}: the train state holds NaN or inf")
-        train = {k: v for k, v in host.items() if k != "params"}
+        train = {k: v for k, v in host.items() if k not in PARAM_ITEMS}
+        own = [k for k in PARAM_ITEMS if k in state]
         metrics = {"val_loss": float(val_loss)} if val_loss is not None and np.isfinite(val_loss) else None
         self.wait()  # surfaces a failure of the previous save before starting this one
         try:
             self.manager.save(step, metrics=metrics, force=True, args=ocp.args.Composite(
-                params=ocp.args.StandardSave(state["params"]),
+                **{k: ocp.args.StandardSave(state[k]) for k in own},
                 train=ocp.args.StandardSave({k: state[k] for k in train}),
                 data=ocp.args.JsonSave(data_state),
-                integrity=ocp.args.JsonSave({"params": digest(host["params"]), "train": digest(train)})))
+                integrity=ocp.args.JsonSave({**{k: digest(host[k]) for k in own}, "train": digest(train)})))
         except Exception as e:  # orbax raises OSError, or wraps it, from its blocking part
             raise self._save_error(step, e) from e
         self._pending = step
@@ -217,19 +221,27 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise RunError(f"no checkpoint in {self.directory}")
-        train = {k: v for k, v in template.items() if k != "params"}
-        items = {"params": ocp.args.StandardRestore(_abstract(template["params"])),
+        train = {k: v for k, v in template.items() if k not in PARAM_ITEMS}
+        own = [k for k in PARAM_ITEMS if k in template]
+        items = {**{k: ocp.args.StandardRestore(_abstract(template[k])) for k in own},
                  "train": ocp.args.StandardRestore(_abstract(train)),
                  "data": ocp.args.JsonRestore()}
         out = self._restore_verified(step, items)
-        return {"params": out["params"], **out["train"]}, dict(out["data"])
+        return {**{k: out[k] for k in own}, **out["train"]}, dict(out["data"])
 
-    def restore_params(self, params_template, step: int | None = None):
-        """The parameters of checkpoint `step`; by default of the latest one that is not damaged."""
-        items = {"params": ocp.args.StandardRestore(_abstract(params_template))}
+    def restore_params(self, params_template, step: int | None = None, ema: bool = True):
+        """The parameters of checkpoint `step`; by default of the latest one that is not damaged.
+
+        With ema (the default) a checkpoint that holds an EMA of the parameters (--ema) gives the EMA:
+        the parameter set that inference, evaluation and export use. ema=False gives the raw ones.
+        """
+        def restore(s: int):
+            name = "ema" if ema and (self.directory / str(s) / "ema").is_dir() else "params"
+            return self._restore_verified(s, {name: ocp.args.StandardRestore(_abstract(params_template))})[name]
+
         if step is not None:
-            return self._restore_verified(step, items)["params"]
-        step, params = self.restore_latest_good(lambda s: self._restore_verified(s, items)["params"])
+            return restore(step)
+        step, params = self.restore_latest_good(restore)
         if step is None:
             raise RunError(f"no checkpoint in {self.directory}: was the run interrupted before its first save?")
         return params
@@ -274,7 +286,7 @@ class Checkpointer:
             items = {**items, "integrity": ocp.args.JsonRestore()}
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
         if has_digests:
-            for name in ("params", "train"):
+            for name in (*PARAM_ITEMS, "train"):
                 if name in items and digest(out[name]) != out["integrity"][name]:
                     raise RunError(f"{name} do not match the digest written with them")
         return out

@@ -205,7 +205,7 @@ def run_train(argv: list[str]) -> int:
     args = _parse(TrainArgs, argv, default=TrainArgs(config=base, preset=name), prog="train")
     parallel.initialize(args.coordinator, args.num_processes, args.process_id)
     train(args.config, args.resume or args.out, overwrite=args.overwrite, quiet=args.quiet,
-          resume=args.resume is not None, tensorboard=args.tensorboard)
+          resume=args.resume is not None, tensorboard=args.tensorboard, preset=None if args.resume else name)
     return 0
 
 

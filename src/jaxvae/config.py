@@ -20,6 +20,7 @@ SCALE_SHARINGS = ("per-dim", "shared")
 OBJECTIVES = ("elbo", "iwae", "btcvae")
 PRIORS = ("normal", "vamp")
 BINARIZE = ("", "static", "dynamic")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 class ConfigError(ValueError):
@@ -134,7 +135,17 @@ class Config:
     free_bits: float = 0.0
     """Free bits lambda, nats (Kingma et al. 2016): each dim's batch-mean KL is clamped below at lambda."""
     lr: float = 3e-4
-    """Adam learning rate."""
+    """Adam learning rate (the peak of the schedule)."""
+    lr_schedule: str = "constant"
+    """constant | cosine (optax.warmup_cosine_decay_schedule: from lr down to 0 at the last step)."""
+    warmup_steps: int = 0
+    """Learning-rate warm-up: linear from 0 to lr over this many steps (0: none)."""
+    ema: float = 0.0
+    """Decay of an exponential moving average of the parameters (e.g. 0.999; 0: off). When on, the EMA
+    parameters are the ones validated, pictured, evaluated and loaded."""
+    early_stop: int = 0
+    """Stop when the validation loss has not improved for this many evaluations, and keep the best
+    checkpoint (0: off)."""
     batch_size: int = 64
     """Images per step."""
     steps: int = 100_000
@@ -278,6 +289,14 @@ def validate(c: Config) -> None:
     _check(c.precision in ("fp32", "bf16"), f"unknown precision {c.precision!r}: choose fp32 or bf16")
     _check(c.beta >= 0, f"beta must be >= 0, got {c.beta}")
     _check(c.lr > 0, f"lr must be > 0, got {c.lr}")
+    _check(c.lr_schedule in LR_SCHEDULES, f"unknown lr_schedule {c.lr_schedule!r}: choose constant or cosine")
+    _check(isinstance(c.warmup_steps, int) and 0 <= c.warmup_steps,
+           f"warmup_steps must be >= 0, got {c.warmup_steps!r}")
+    _check(not (c.lr_schedule == "cosine" and c.warmup_steps >= c.steps),
+           f"warmup_steps {c.warmup_steps} must be below steps {c.steps} for a cosine schedule")
+    _check(0.0 <= c.ema < 1.0, f"ema must be in [0, 1) (0: off), got {c.ema}")
+    _check(isinstance(c.early_stop, int) and c.early_stop >= 0,
+           f"early_stop must be >= 0 evaluations (0: off), got {c.early_stop!r}")
     _check(0.0 <= c.val_fraction < 1.0, f"val_fraction must be in [0, 1), got {c.val_fraction}")
     check_objective_options(c)
     for name in ("keep", "max_bad_steps"):  # checkpoint retention and the non-finite guard

@@ -8,7 +8,13 @@ as a log-std, and its NLL halved log sigma.
 Why a log-scale at all (the seeds' question): a network output is unconstrained, sigma must be
 > 0, and exp maps R onto (0, inf) smoothly. log-variance and log-std differ only by a factor 2
 (log sigma^2 = 2 log sigma); softplus is the gentler alternative, linear for large inputs. All
-three are offered; all are computed from log sigma directly so that |raw| <= 30 stays finite.
+three are offered; all are computed from log sigma directly.
+
+The range of log sigma: `soft_clamp_log_std` leaves it unchanged on [-20, 20] (sigma from 2e-9 to
+5e8, far beyond any trained model) and bends it smoothly towards +-30 beyond, as NVAE soft-clamps
+its log-scales. So every method (std, var, sample, log_prob, the KL and their gradients) is finite
+for every finite raw output in float32: exp(2 * 30) = 1e26 and exp(30)^2 (x - mean)^2 stay far below
+float32's 3e38, where an unbounded log_std = 44 already made the variance inf.
 """
 
 from __future__ import annotations
@@ -27,6 +33,19 @@ SOFTPLUS_FLOOR = 1e-4
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
+# log sigma is the identity on [-LOG_STD_LINEAR, LOG_STD_LINEAR] and tends to +-LOG_STD_LIMIT beyond.
+LOG_STD_LINEAR, LOG_STD_LIMIT = 20.0, 30.0
+
+
+def soft_clamp_log_std(log_std: jax.Array) -> jax.Array:
+    """Identity for |log_std| <= 20; beyond, sign * (20 + 10 tanh((|log_std| - 20) / 10)), which meets
+    it with slope 1 (no kink for the optimiser) and never reaches 30. Values in the identity range come
+    back bitwise unchanged, so no model trained before the clamp changes."""
+    width = LOG_STD_LIMIT - LOG_STD_LINEAR
+    excess = jnp.maximum(jnp.abs(log_std) - LOG_STD_LINEAR, 0.0)  # 0 inside: both branches' gradients finite
+    bent = jnp.sign(log_std) * (LOG_STD_LINEAR + width * jnp.tanh(excess / width))
+    return jnp.where(jnp.abs(log_std) <= LOG_STD_LINEAR, log_std, bent)
+
 
 @struct.dataclass
 class DiagonalGaussian:
@@ -43,7 +62,8 @@ class DiagonalGaussian:
           mean: (...,) the mean.
           raw: (...,) unconstrained scale output, same shape as mean.
           parameterization: "log_var" (sigma = exp(raw/2)), "log_std" (sigma = exp(raw)) or
-            "softplus" (sigma = softplus(raw) + SOFTPLUS_FLOOR).
+            "softplus" (sigma = softplus(raw) + SOFTPLUS_FLOOR); log sigma then goes through
+            soft_clamp_log_std, so any finite raw gives finite results.
         """
         raw = raw.astype(jnp.float32)
         if parameterization == "log_var":
@@ -54,7 +74,7 @@ class DiagonalGaussian:
             log_std = jnp.log(jax.nn.softplus(raw) + SOFTPLUS_FLOOR)
         else:
             raise ValueError(f"unknown parameterization {parameterization!r}: choose one of {PARAMETERIZATIONS}")
-        return cls(mean=mean.astype(jnp.float32), log_std=log_std)
+        return cls(mean=mean.astype(jnp.float32), log_std=soft_clamp_log_std(log_std))
 
     @property
     def std(self) -> jax.Array:

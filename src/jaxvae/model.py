@@ -164,8 +164,8 @@ class Block(nnx.Module):
         # Three matmuls on thirds of the fused kernel, not one sliced afterwards: the backward pass
         # then gets three separate cotangents instead of assembling one (B,T,3D) gradient.
         kernel, bias = self.qkv.kernel[...], self.qkv.bias[...]
-        q, k, v = (_matmul(inp, kernel[:, i * d:(i + 1) * d], self.dtype) + bias[i * d:(i + 1) * d]
-                   for i, inp in enumerate((h[:, :t], h, h)))
+        q, k, v = (_matmul(inp, kernel[:, i * d:(i + 1) * d], self.dtype) + bias[None, None, i * d:(i + 1) * d]
+                   for i, inp in enumerate((h[:, :t], h, h)))  # (B,t|T,D) + (1,1,D): ranks match, as tests demand
         # (B,T,D) -> (B,T,H,D/H): the (batch, seq, heads, head_dim) layout dot_product_attention wants.
         q, k, v = (a.astype(self.dtype).reshape(b, -1, self.heads, hd) for a in (q, k, v))
         y = attention(q, k, v)  # (B,t,H,D/H), softmax in fp32

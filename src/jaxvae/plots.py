@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _to_display(x: np.ndarray) -> np.ndarray:
@@ -87,9 +88,12 @@ def rows_figure(rows: list[tuple[str, np.ndarray]], path: Path, title: str | Non
     _save(fig, path)
 
 
-def reconstructions(originals: np.ndarray, recon: np.ndarray, mse: float, path: Path) -> None:
+def reconstructions(originals: np.ndarray, recon: np.ndarray, mse: float, path: Path, note: str = "") -> None:
+    """The title says which images the MSE is of (these N held-out ones), and `note` how it relates
+    to any other figure (the summary's MSE is over more images)."""
+    title = f"the first {len(originals)} held-out images: MSE of these {len(originals)} in [0,1] pixels {mse:.4f}"
     rows_figure([("original", originals), ("reconstruction", recon)], path,
-                title=f"reconstructions (MSE in [0,1] pixels: {mse:.4f})")
+                title=title + (f"\n({note})" if note else ""))
 
 
 def interpolation(pixel: np.ndarray, latent: np.ndarray, path: Path, method: str = "slerp") -> None:
@@ -127,6 +131,7 @@ def kl_per_dim(kl: np.ndarray, path, highlight=(), mean_variance: np.ndarray | N
     fig, axs = plt.subplots(1, panels, figsize=(width * panels, 3), squeeze=False)
     ax = axs[0, 0]
     ax.bar(dims, kl, color=colors)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # dimensions are whole numbers
     ax.set_xlabel("latent dimension")
     ax.set_ylabel("mean KL (nats)")
     ax.set_title(f"KL per dimension (total {float(np.sum(kl)):.2f} nats)")
@@ -134,6 +139,7 @@ def kl_per_dim(kl: np.ndarray, path, highlight=(), mean_variance: np.ndarray | N
         ax = axs[0, 1]
         ax.bar(dims, np.maximum(mean_variance, 1e-8), color=colors)
         ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.axhline(0.01, color="gray", linestyle="--", linewidth=1)
         ax.set_xlabel("latent dimension")
         ax.set_title("variance of posterior means (active > 0.01)")

@@ -6,13 +6,13 @@ browser, so it reads the same from a laptop's disk, an e-mail or a CI artefact. 
 (paths, config values, evaluation keys) goes through html.escape.
 
 The pictures are recomputed from the checkpoint `jaxvae.load` picks (the best by validation loss), so
-the page shows what it would give: config and summary, the five curves, the data, reconstructions
-with their MSE, prior samples at three temperatures (beside a fitted sampler's, RUN/samplers/),
+the page shows what it would give: the summary, the five curves, the data, reconstructions with
+their MSE, prior samples at three temperatures (beside a fitted sampler's, RUN/samplers/),
 pixel/lerp/slerp interpolations, the KL per latent dimension, traversals of the most active dimensions,
-and `evaluation*.json` where `jaxvae evaluate` wrote one (with the disentanglement scores and a
-mutual-information heatmap where it has them). A run that is partial (still training, interrupted
-before a checkpoint, data moved) gets a page of what exists and one line for each thing that is
-missing. Writing `--out` is the only write.
+`evaluation*.json` where `jaxvae evaluate` wrote one (with the disentanglement scores and a
+mutual-information heatmap where it has them), and last the config (collapsed). A run that is
+partial (still training, interrupted before a checkpoint, data moved) gets a page of what exists
+and one line for each thing that is missing. Writing `--out` is the only write.
 """
 
 from __future__ import annotations
@@ -141,7 +141,10 @@ def _summary(page: Page, path: Path, config: Config, records: list[dict]) -> Non
 
 
 def _config(page: Page, config: Config) -> None:
-    page.add("Config (resolved, from config.json)", _table(list(config.to_dict().items()), ("field", "value")))
+    # last on the page and collapsed: forty rows of settings are reference, not the story
+    page.add("Config (resolved, from config.json)",
+             f"<details><summary>{len(config.to_dict())} fields</summary>"
+             + _table(list(config.to_dict().items()), ("field", "value")) + "</details>")
 
 
 def _curves(page: Page, records: list[dict]) -> None:
@@ -313,8 +316,9 @@ def _sampler(page: Page, path: Path, vae) -> None:
 
 def _evaluation(page: Page, path: Path) -> None:
     files = sorted(path.glob("evaluation*.json"))
-    if not files:
-        page.missing.append("no evaluation.json: `jaxvae evaluate RUN --out RUN/evaluation.json` writes one")
+    if not files:  # not a defect of the run, so a hint in place rather than a line in the "missing" banner
+        page.add("Evaluation", _p("No evaluation yet: `jaxvae evaluate RUN --out RUN/evaluation.json` writes one "
+                                  "(IWAE bound, bits/dim, active units), and the report then shows it here."))
         return
     parts = []
     for file in files:
@@ -379,7 +383,6 @@ def build_report(run: str | os.PathLike) -> str:
     page = Page()
     records = run_lib.read_metrics(path)
     _summary(page, path, config, records)
-    _config(page, config)
     _curves(page, records)
     if config.data_dim:  # vector data: the curves, summary and evaluation are the whole story
         page.missing.append(f"vector data (D = {config.data_dim}): no image grids, reconstructions, samples, "
@@ -394,6 +397,7 @@ def build_report(run: str | os.PathLike) -> str:
             _pictures(page, config, vae.model, step, _held_out(page, dataset))
             _sampler(page, path, vae)
     _evaluation(page, path)
+    _config(page, config)
 
     meta = _read_json(page, path / run_lib.META) or {}
     when = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")

@@ -28,7 +28,7 @@ from jaxvae.config import Config
 from jaxvae.run import RunError
 
 # Settings a resume may change: none of them changes the model, the data or the trajectory.
-RESUMABLE = ("steps", "log_every", "eval_every", "ckpt_every", "keep", "max_bad_steps")
+RESUMABLE = ("steps", "log_every", "eval_every", "ckpt_every", "keep", "max_bad_steps", "early_stop")
 MAX_ROLLBACKS = 1  # the second divergence stops the run
 
 
@@ -58,6 +58,29 @@ def check_resumable(run_dir: Path, saved: Config, new: Config) -> None:
         listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in changes.items())
         raise RunError(f"cannot resume {run_dir}: the config differs from its config.json in {listed}; "
                        f"a resume may only change {', '.join(RESUMABLE)}")
+
+
+def finished(run_dir: Path, saved: Config, c: Config) -> tuple[dict, str] | None:
+    """(summary, what to tell the user) when `--resume` would have nothing to do, else None.
+
+    A run is finished when its summary.json and its last checkpoint are at c.steps, or it stopped early
+    and the patience is unchanged; raising --steps (or changing --early-stop) extends it instead.
+    """
+    try:
+        summary = run_lib.read_json(run_dir / run_lib.SUMMARY)
+    except (OSError, ValueError):
+        return None  # no summary: training never finished, so there is something to resume
+    if not isinstance(summary, dict):
+        return None
+    stopped = summary.get("early_stopped_at")
+    if stopped is not None and c.early_stop and c.early_stop == saved.early_stop:
+        return summary, (f"{run_dir} is finished: it stopped early at step {stopped} and kept its best checkpoint, "
+                         f"step {summary.get('best_step')}. To train on from there: jaxvae train --resume {run_dir} "
+                         f"--early-stop 0 (or a larger patience)")
+    if stopped is None and summary.get("steps") == c.steps and (run_dir / run_lib.CHECKPOINTS / str(c.steps)).is_dir():
+        return summary, (f"{run_dir} is finished: it trained all {c.steps:,} steps. To extend it: "
+                         f"jaxvae train --resume {run_dir} --steps {2 * c.steps}")
+    return None
 
 
 def resume_config(run: str, **conflicting: str | None) -> Config:

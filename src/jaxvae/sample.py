@@ -84,17 +84,33 @@ def lerp(z0: np.ndarray, z1: np.ndarray, t: np.ndarray) -> np.ndarray:
 def slerp(z0: np.ndarray, z1: np.ndarray, t: np.ndarray) -> np.ndarray:
     """(Z,), (Z,), (T,) -> (T,Z) spherical interpolation: follows the great circle between the two
     directions (with the norm interpolated linearly), so midpoints keep the norm typical of
-    Gaussian latents instead of shrinking towards the origin as lerp does."""
+    Gaussian latents instead of shrinking towards the origin as lerp does.
+
+    The circle is written as cos(t w) u0 + sin(t w) v, with u0 = z0/|z0| and v the unit vector
+    orthogonal to u0 in the plane of z0 and z1, rather than the textbook sum divided by sin w: every
+    point has norm exactly 1 before the norm is scaled, even as w -> pi where sin w -> 0. For
+    (nearly) opposite latents, |u1 - cos(w) u0| < 1e-6, every great circle through them is equally
+    short and the plane is undefined; v is then the coordinate axis least aligned with z0, made
+    orthogonal to it (a fixed choice: the same path every time).
+    """
     z0, z1 = np.asarray(z0, np.float64), np.asarray(z1, np.float64)
     t = np.asarray(t, np.float64)[:, None]
     n0, n1 = np.linalg.norm(z0), np.linalg.norm(z1)
     if n0 < 1e-12 or n1 < 1e-12:
         return lerp(z0, z1, t[:, 0])
-    cos = np.clip(np.dot(z0 / n0, z1 / n1), -1.0, 1.0)
+    u0, u1 = z0 / n0, z1 / n1
+    cos = np.clip(np.dot(u0, u1), -1.0, 1.0)
     omega = np.arccos(cos)
     if omega < 1e-6:
         return lerp(z0, z1, t[:, 0])
-    direction = (np.sin((1 - t) * omega) * (z0 / n0) + np.sin(t * omega) * (z1 / n1)) / np.sin(omega)
+    v = u1 - cos * u0  # (Z,) the part of u1 orthogonal to u0, of norm sin(omega)
+    if np.linalg.norm(v) < 1e-6:  # opposite: any orthogonal direction is a shortest path
+        v = np.zeros_like(u0)
+        v[np.argmin(np.abs(u0))] = 1.0
+        v -= np.dot(v, u0) * u0
+    v -= np.dot(v, u0) * u0  # once more, against rounding
+    v /= np.linalg.norm(v)
+    direction = np.cos(t * omega) * u0 + np.sin(t * omega) * v  # (T,Z), unit norm
     return (direction * ((1 - t) * n0 + t * n1)).astype(np.float32)
 
 

@@ -8,12 +8,14 @@ The train state is a plain pytree dict:
              draws exactly the noise an uninterrupted one would
   skipped_steps, bad_streak  int32: updates skipped by the non-finite guard, in all and in a row
   rollbacks  int32, lr_scale float32: rollbacks so far, and the factor (1/2 per rollback) on the lr
+  ema        with --ema: the exponential moving average of params (same tree), checkpointed on its own
 All of it is checkpointed, so a resumed run continues bitwise where it stopped (resilience.py).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import sys
 import time
 import warnings
@@ -41,8 +43,38 @@ from jaxvae.tensorboard import TensorBoard
 VAL_IMAGES = 512  # validation loss is measured on (up to) this many fixed held-out images
 
 
+def lr_schedule(c: Config) -> float | optax.Schedule:
+    """The learning rate by step: c.lr itself when constant without warm-up (as before schedules
+    existed), else an optax schedule with a linear warm-up from 0 over c.warmup_steps."""
+    if c.lr_schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, c.lr, c.warmup_steps, decay_steps=c.steps, end_value=0.0)
+    if c.warmup_steps:
+        return optax.join_schedules([optax.linear_schedule(0.0, c.lr, c.warmup_steps),
+                                     optax.constant_schedule(c.lr)], [c.warmup_steps])
+    return c.lr
+
+
 def make_optimizer(c: Config) -> optax.GradientTransformation:
-    return optax.inject_hyperparams(optax.adam)(learning_rate=c.lr)
+    # inject_hyperparams evaluates the schedule at the optimiser's own step count and keeps the value in
+    # opt_state.hyperparams, so it is checkpointed, logged as `lr`, and a rollback's lr_scale multiplies it.
+    return optax.inject_hyperparams(optax.adam)(learning_rate=lr_schedule(c))
+
+
+def ema_decay(c: Config, step: jax.Array) -> jax.Array:
+    """The EMA's decay at `step` (steps done before this update): min(ema, (1 + t) / (10 + t)), the
+    warm-up of diffusers' EMAModel, so that the average forgets its random initial value early on."""
+    t = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(jnp.float32(c.ema), (1.0 + t) / (10.0 + t))
+
+
+def update_ema(ema, params, decay: jax.Array):
+    """ema <- decay * ema + (1 - decay) * params, leaf by leaf."""
+    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+
+
+def eval_params(state: dict):
+    """The parameters that validation, pictures and evaluation use: the EMA when the run keeps one."""
+    return state.get("ema", state["params"])
 
 
 def init_state(c: Config) -> tuple[nnx.GraphDef, dict]:
@@ -58,6 +90,8 @@ def init_state(c: Config) -> tuple[nnx.GraphDef, dict]:
         "rollbacks": jnp.zeros((), jnp.int32),
         "lr_scale": jnp.ones((), jnp.float32),
     }
+    if c.ema:
+        state["ema"] = jax.tree.map(jnp.copy, params)
     # Committed to the device like a restored checkpoint, so that resuming or rolling back
     # reuses the compiled step instead of compiling it again for a different placement.
     return graphdef, jax.device_put(state, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
@@ -92,6 +126,9 @@ def make_train_step(graphdef: nnx.GraphDef, c: Config):
         bad = (~ok).astype(jnp.int32)
         new_state = {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1,
                      "skipped_steps": state["skipped_steps"] + bad, "bad_streak": (state["bad_streak"] + bad) * bad}
+        if c.ema:  # a skipped step leaves params, and so the average, unchanged
+            ema = update_ema(state["ema"], params, ema_decay(c, state["step"]))
+            new_state["ema"] = resilience.keep_if(ok, ema, state["ema"])
         metrics["grad_norm"] = grad_norm
         metrics["lr"] = opt_state.hyperparams["learning_rate"] * state["lr_scale"]
         metrics["skipped_steps"] = new_state["skipped_steps"]
@@ -102,10 +139,14 @@ def make_train_step(graphdef: nnx.GraphDef, c: Config):
 
 
 def make_eval_step(graphdef: nnx.GraphDef, c: Config):
-    """(params, batch, key) -> metrics of the loss on a batch, no update."""
+    """(params, batch, key) -> metrics of the loss on a batch, no update. With --dequantize the batch
+    is dequantized like a training batch (noise from fold_in(key, 1)), so validation scores the density
+    that training optimises; a fixed key keeps it comparable across steps."""
 
     @jax.jit
     def eval_step(params, x, key):
+        if c.dequantize:
+            x = dequantize(x, jax.random.fold_in(key, 1))
         if c.binarize:  # validation's keys are fixed, so dynamic binarization is a fixed one here
             x = binarize(x, c.binarize, jax.random.fold_in(key, 2))
         return objective_loss(c, nnx.merge(graphdef, params), x, key)[1]
@@ -139,12 +180,14 @@ def _progress(c: Config, quiet: bool):
 
 
 def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = False,
-          resume: bool = False, tensorboard: bool = False) -> dict:
+          resume: bool = False, tensorboard: bool = False, preset: str | None = None) -> dict:
     """Train config c into the run directory `out`; returns the summary (also in summary.json).
 
     A fresh run refuses an existing run in `out` unless overwrite. With resume, `out` is an
     existing run that continues from its latest good checkpoint; c may differ from its config
     only in resilience.RESUMABLE (e.g. more steps). SIGTERM/SIGINT save and raise Interrupted.
+    A resume of a run that has finished (all its steps, or stopped early) changes nothing: it says how
+    to extend the run and returns its summary. `preset` only names the preset in the opening line.
     """
     t_start = time.perf_counter()
     if resume and overwrite:
@@ -153,6 +196,11 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
     if resume:  # check before anything is loaded or written
         run_dir, saved = run_lib.open_run(out)
         resilience.check_resumable(run_dir, saved, c)
+        done = resilience.finished(run_dir, saved, c)
+        if done is not None:
+            if not quiet:
+                print(done[1], flush=True)
+            return done[0]
     writer = parallel.is_writer()  # process 0 alone writes metrics, pictures and the report
     quiet = quiet or not writer
     say = (lambda *a, **k: None) if quiet else functools.partial(print, flush=True)
@@ -166,6 +214,7 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
         batches = parallel.make_batches(dataset.train, c.batch_size, c.seed, c.flip, mesh)
     if not resume:
         run_dir = run_lib.create(out, c, overwrite) if writer else Path(out)
+    say(_opening_line(c, preset, dataset, run_dir))
     parallel.barrier("run directory created")
     tb.open(run_dir)
 
@@ -176,12 +225,16 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
     bar = _progress(c, quiet)
     window_t, window_steps, rates, compile_s = time.perf_counter(), 0, [], None
     state, step, record = fresh, 0, {}
+    stopper = EarlyStop(c.early_stop)
+    measure = None  # (time, step) where the rate for the time estimate starts: after the compiling step
     try:
         with resilience.StopSignals() as stop:
             if resume:
                 state, step = resilience.resume(ckpt, run_dir, c, fresh, batches, say)
                 state = parallel.replicate(state, mesh)
-                record = (run_lib.read_metrics(run_dir) or [{}])[-1]
+                records = run_lib.read_metrics(run_dir)
+                record = (records or [{}])[-1]
+                stopper.replay(records, ckpt.steps())
                 bar.update(step)
             start_step = step
             if ckpt.latest_step() is None:  # step 0 is the first good checkpoint: a resume and rollback target
@@ -194,6 +247,13 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
                     jax.block_until_ready(metrics)
                     compile_s = time.perf_counter() - window_t
                     window_t, window_steps = time.perf_counter(), 0
+                    measure = (window_t, step)
+                elif measure is not None and (step - measure[1] >= ESTIMATE_STEPS
+                                              or time.perf_counter() - measure[0] >= ESTIMATE_SECONDS):
+                    jax.block_until_ready(metrics)
+                    rate = (step - measure[1]) / (time.perf_counter() - measure[0])  # steps/s
+                    _note(bar, say, _estimate_line(c, preset, step, rate))
+                    measure = None
                 is_eval = step % c.eval_every == 0 or step == c.steps
                 is_log = step % c.log_every == 0 or is_eval
                 is_save = step % c.ckpt_every == 0 or step == c.steps
@@ -210,8 +270,11 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
                     record = {k: float(v) for k, v in jax.device_get(metrics).items()}  # the one host sync
                     record.update(step=step, images_per_s=rates[-1] if rates else 0.0)
                     if is_eval:
-                        record.update(validation_metrics(eval_step, state["params"], dataset.val, c, dataset.kind))
+                        record.update(validation_metrics(eval_step, eval_params(state), dataset.val, c,
+                                                         dataset.kind))
                         _report(record, c, bar, quiet)
+                        if stopper.observe(step, record["val_loss"]):
+                            is_save = True  # a new best: keep it as a checkpoint, whatever ckpt_every says
                     if writer:
                         run_lib.append_metrics(run_dir, record)
                     tb.scalars(step, record)
@@ -222,12 +285,19 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
                 if is_save or stop.received:
                     val = record.get("val_loss") if record.get("step") == step else None
                     if val is None and is_save:  # the best checkpoint is chosen by validation loss
-                        val = validation_metrics(eval_step, state["params"], dataset.val, c, dataset.kind)["val_loss"]
+                        val = validation_metrics(eval_step, eval_params(state), dataset.val, c,
+                                                 dataset.kind)["val_loss"]
                     run_lib.sync_metrics(run_dir)
                     ckpt.save(step, state, batches.get_state(), val)
                 if stop.received:
                     ckpt.wait()
                     raise resilience.interrupted(stop, step, run_dir)
+                if stopper.exhausted:
+                    # The run becomes its best checkpoint: later (worse) ones go, so that jaxvae.load,
+                    # evaluate and the report see the best parameters, and a resume starts from them.
+                    ckpt.delete_after(stopper.best_step)
+                    state = ckpt.restore(fresh, stopper.best_step)[0]
+                    break
     finally:
         bar.close()
         try:
@@ -237,16 +307,24 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
             tb.close()
 
     train_seconds = time.perf_counter() - t_start
+    if stopper.exhausted:  # the pictures and the summary show the best checkpoint's parameters
+        say(stopper.message(step))
     if not writer:  # process 0 alone writes the pictures, the summary and the report
         return {"steps": c.steps, "process_index": jax.process_index()}
-    summary = finish(run_dir, c, graphdef, parallel.host_copy(state["params"]), dataset, record)
+    say("writing pictures and report...")
+    summary = finish(run_dir, c, graphdef, parallel.host_copy(eval_params(state)), dataset, record)
     summary.update(wall_time_s=train_seconds, compile_s=compile_s or 0.0,
                    images_per_s=float(np.median(rates)) if rates else 0.0,
                    resumed_from_step=start_step if resume else None)
+    if c.ema:
+        summary["ema"] = c.ema  # the pictures and reconstruction_mse are of the EMA parameters
+    if stopper.exhausted:
+        summary.update(early_stopped_at=step, best_step=stopper.best_step, best_val_loss=stopper.best,
+                       early_stop=c.early_stop)
     run_lib.write_json(run_dir / run_lib.SUMMARY, summary)
     tb.images(c.steps, {name.removesuffix(".png"): run_dir / name for name in run_lib.PICTURES})
     _write_report(run_dir)  # reads the run back on this process alone (see Checkpointer's read_only)
-    say(f"trained {c.steps} steps in {train_seconds:.1f} s ({summary['images_per_s']:.0f} img/s); "
+    say(f"trained {step} steps in {train_seconds:.1f} s ({summary['images_per_s']:.0f} img/s); "
         f"val reconstruction MSE {summary['reconstruction_mse']:.4f}; wrote {run_dir}")
     return summary
 
@@ -262,6 +340,72 @@ def resolve_dataset_size(c: Config, dataset) -> Config:
         raise ConfigError("--objective btcvae needs the dataset size N, and this training data does not "
                           "give one (streaming?): pass --dataset-size N") from None
     return c.replace(dataset_size=n)
+ESTIMATE_STEPS, ESTIMATE_SECONDS = 50, 5.0  # the time estimate comes after this many measured steps or seconds
+
+
+class EarlyStop:
+    """--early-stop PATIENCE: counts the evaluations since the validation loss last improved."""
+
+    def __init__(self, patience: int):
+        self.patience, self.best, self.best_step, self.since = patience, math.inf, None, 0
+
+    def observe(self, step: int, val_loss: float) -> bool:
+        """Record one evaluation; True when it is a new best (a checkpoint worth keeping)."""
+        if not self.patience:
+            return False
+        if val_loss < self.best:
+            self.best, self.best_step, self.since = val_loss, step, 0
+            return True
+        self.since += 1
+        return False
+
+    def replay(self, records: list[dict], saved_steps: list[int]) -> None:
+        """A resume: the evaluations so far from metrics.jsonl. A best counts only with its checkpoint
+        (one from before --early-stop was turned on may have none)."""
+        for r in records:
+            if "val_loss" in r and (r["val_loss"] >= self.best or r["step"] in saved_steps):
+                self.observe(r["step"], r["val_loss"])
+
+    @property
+    def exhausted(self) -> bool:
+        return bool(self.patience) and self.best_step is not None and self.since >= self.patience
+
+    def message(self, step: int) -> str:
+        return (f"early stop at step {step}: the validation loss has not improved for {self.since} evaluations; "
+                f"kept the best checkpoint, step {self.best_step} (val_loss {self.best:.2f})")
+
+
+def _note(bar, say, text: str) -> None:
+    """A line for the user that does not tear the progress bar."""
+    bar.write(text) if not bar.disable else say(text)
+
+
+def _opening_line(c: Config, preset: str | None, dataset, run_dir: Path) -> str:
+    what = f"preset {preset}" if preset else "config"
+    data = (f"{len(dataset.train)} training and {len(dataset.val)} held-out "
+            f"{'vectors' if dataset.kind == 'vectors' else 'images'} from {c.data}")
+    extras = [f"lr schedule {c.lr_schedule}" + (f" (warm-up {c.warmup_steps})" if c.warmup_steps else "")]
+    extras += [f"EMA {c.ema:g}"] if c.ema else []
+    extras += [f"early stop after {c.early_stop} evaluations without improvement"] if c.early_stop else []
+    return f"training {what} for {c.steps:,} steps on {data}; {', '.join(extras)}; writing {run_dir}"
+
+
+def _estimate_line(c: Config, preset: str | None, step: int, steps_per_s: float) -> str:
+    left = (c.steps - step) / steps_per_s if steps_per_s > 0 else math.inf
+    line = f"{steps_per_s:.2f} steps/s: about {_duration(left)} for the remaining {c.steps - step:,} steps"
+    if preset == "seed" and jax.default_backend() == "cpu":
+        line += " (the seed preset is the chapter's full-size model; --preset tiny is a CPU demo of a few minutes)"
+    return line
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "an unknown time"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _report(record: dict, c: Config, bar, quiet: bool) -> None:
@@ -298,11 +442,13 @@ def finish(run_dir: Path, c: Config, graphdef, params, dataset, last: dict) -> d
     recon = sample.reconstruct(model, val)
     mse = sample.pixel_mse(val, recon)
     plots.curves(run_lib.read_metrics(run_dir), run_dir / "curves.png")
-    plots.reconstructions(val, recon, mse, run_dir / "reconstructions.png")
+    summary_images = min(len(dataset.val), VAL_IMAGES)
+    plots.reconstructions(val, recon, mse, run_dir / "reconstructions.png",
+                          note=f"summary.json's reconstruction_mse is over the first {summary_images} held-out images")
     samples = sample.sample_prior(model, 20, jax.random.key(c.seed + 3))
     prior = "N(0, I)" if c.prior == "normal" else "VampPrior"
     plots.image_grid(samples, run_dir / "samples.png", rows=2, title=f"prior samples, z ~ {prior}")
-    x0, x1 = data_lib.to_model_range(dataset.val[-2:])
+    x0, x1 = data_lib.to_model_range(dataset.val[:2])  # held-out images 0 and 1, as in interpolate and the report
     pixel = sample.interpolate_pixels(x0, x1, 10)
     latent = sample.interpolate(model, x0, x1, 10, "slerp")
     plots.interpolation(pixel, latent, run_dir / "interpolation.png", method="slerp")
