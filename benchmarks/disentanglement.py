@@ -2,10 +2,10 @@
 `jaxvae evaluate --disentanglement`, and print a markdown table of the five scores.
 
     .venv/bin/python benchmarks/disentanglement.py [--steps 3000] [--betas 1 4 16]
-        [--extra "btcvae=--objective btcvae --beta 6"] [--num-train 10000 --num-test 5000]
+        [--extra "btcvae=--objective btcvae --tc-weight 6"] [--num-train 10000 --num-test 5000]
 
 Each run is `jaxvae train --data dsprites --channels 1 --likelihood bernoulli` on the backbone given
-by --backbone (default: the tiny preset at 64 px with 16 x 16 patches, 16 tokens, z 10 as in
+by --backbone (default: the tiny preset, the conv ResNet, at 64 px with a 4 x 4 patch stem, z 10 as in
 Locatello et al.), in its own process, then evaluated in another. --extra NAME=FLAGS adds a run
 with those train flags on top of the common ones (e.g. an objective that does not exist yet on this
 branch). Results go to --json; runs to --out-dir (reused with --reuse).
@@ -28,7 +28,7 @@ from pathlib import Path
 KEYS = ("betavae_score", "factorvae_score", "mig", "sap", "dci_disentanglement", "dci_completeness",
         "dci_informativeness")
 HEADERS = ("beta-VAE", "FactorVAE", "MIG", "SAP", "DCI D", "DCI C", "DCI I")
-BACKBONE = ("--preset tiny --image-size 64 --patch-size 16 --z-dim 10 --batch-size 64 --lr 1e-3 "
+BACKBONE = ("--preset tiny --image-size 64 --patch-size 4 --z-dim 10 --batch-size 64 --lr 1e-3 --lr-schedule constant "
             "--log-every 100 --eval-every 1000 --ckpt-every 1000")
 # Ranges (low, high) per key that Locatello et al. 2019 show for dSprites, to be read off their
 # figure: left empty rather than guessed. The table prints "n/a" for a key without one.
