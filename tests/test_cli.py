@@ -128,6 +128,23 @@ def test_overwrite_replaces_only_the_run(tmp_path):
     assert run_lib.read_json(out / "config.json")["seed"] == 3
 
 
+def test_train_out_is_never_a_user_file_or_folder(capsys, tmp_path):
+    """--out '' (the current directory), a user's file and a non-run folder are refused even with
+    --overwrite, before any data is read; everything of the user's survives."""
+    user_file = tmp_path / "f.txt"
+    user_file.write_text("data")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    assert "--out must not be empty" in _error(capsys, ["train", *MICRO_FLAGS, "--out", ""])
+    err = _error(capsys, ["train", *MICRO_FLAGS, "--out", str(user_file), "--overwrite"])
+    assert "exists and is not a folder; jaxvae does not replace it, even with --overwrite" in err
+    for flags in ([], ["--overwrite"]):
+        err = _error(capsys, ["train", *MICRO_FLAGS, "--out", str(folder), *flags])
+        assert "is a non-empty folder that is not a jaxvae run (it holds notes.txt)" in err
+    assert user_file.read_text() == "data" and os.listdir(folder) == ["notes.txt"]
+
+
 @pytest.mark.parametrize("command", ["sample", "reconstruct", "interpolate"])
 def test_missing_or_non_run_directories(capsys, tmp_path, command):
     assert "does not exist" in _error(capsys, [command, str(tmp_path / "nope"), "--out", str(tmp_path / "a.png")])

@@ -34,6 +34,7 @@ from jaxvae.config import Config
 from jaxvae.data import vectors
 from jaxvae.losses import dequantize, kl_weight, vae_loss
 from jaxvae.model import build
+from jaxvae.outputs import check_run_out
 from jaxvae.run import RunError
 from jaxvae.tensorboard import TensorBoard
 
@@ -152,6 +153,8 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
     writer = parallel.is_writer()  # process 0 alone writes metrics, pictures and the report
     quiet = quiet or not writer
     say = (lambda *a, **k: None) if quiet else functools.partial(print, flush=True)
+    if not resume and writer:  # the --out policy before any data is read: never a user's file or folder
+        check_run_out(out, overwrite)
     tb = TensorBoard(tensorboard and writer)  # before anything is written: a missing tensorboardX fails here
     dataset = data_lib.load_dataset(c)
     mesh = parallel.data_mesh()  # every device of every process; the batch is sharded over them
