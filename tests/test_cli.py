@@ -86,6 +86,67 @@ def test_picture_commands_write_a_png_and_leave_the_run_alone(trained_run, tmp_p
     assert _snapshot(trained_run) == before
 
 
+WRITERS = {  # every command that writes, with flags that keep it fast, and its --out
+    "sample": ["--n", "2"], "reconstruct": ["--n", "2"], "interpolate": ["--steps", "3"],
+    "traverse": ["--top", "1", "--steps", "3"], "evaluate": ["--limit", "2", "--iw-samples", "2"], "report": [],
+}
+
+
+def _user_png(path: Path) -> Path:
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)  # the user's own picture: no jaxvae marker
+    return path
+
+
+@pytest.mark.parametrize("command", WRITERS)
+def test_a_user_file_survives_every_command_that_writes(capsys, trained_run, tmp_path, command):
+    """--out naming a user's file is refused in one line; the same --out naming what jaxvae wrote is
+    replaced, and the command says what it wrote and where."""
+    suffix = {"evaluate": ".json", "report": ".html"}.get(command, ".png")
+    user = tmp_path / f"mine{suffix}"
+    _user_png(user) if suffix == ".png" else user.write_text("{}" if suffix == ".json" else "<html></html>")
+    before = user.read_bytes()
+    argv = [command, str(trained_run), *WRITERS[command]]
+    assert "exists and was not written by jaxvae; it is not replaced" in _error(capsys, [*argv, "--out", str(user)])
+    assert user.read_bytes() == before
+    ours = tmp_path / f"ours{suffix}"
+    for _ in range(2):  # the second run replaces the first's output
+        assert cli.main([*argv, "--out", str(ours)]) == 0
+        printed = capsys.readouterr().out
+        assert "wrote " in printed and str(ours) in printed, printed
+    assert ours.is_file() and user.read_bytes() == before
+
+
+def test_show_data_and_prepare_and_train_leave_a_user_file_alone(capsys, tmp_path):
+    user = _user_png(tmp_path / "mine.png")
+    before = user.read_bytes()
+    err = _error(capsys, ["show-data", "--out", str(user), "--image-size", "16", "--count", "4"])
+    assert "exists and was not written by jaxvae" in err
+    assert "exists and is not a folder" in _error(capsys, ["prepare", "shapes", "--out", str(user), "--overwrite",
+                                                          "--image-size", "16"])
+    assert "exists and is not a folder" in _error(capsys, ["train", *MICRO_FLAGS, "--out", str(user), "--overwrite"])
+    assert user.read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["sample", "reconstruct", "interpolate", "traverse"])
+def test_picture_out_folders_and_runs(capsys, trained_run, tmp_path, command, monkeypatch):
+    """A trailing slash or an existing folder means "write inside it", under a name that is not a
+    run file's; a path inside a run (the default from `cd RUN`, too) is refused."""
+    argv = [command, str(trained_run), *WRITERS[command]]
+    picture = {"sample": "samples", "reconstruct": "reconstructions", "interpolate": "interpolation",
+               "traverse": "traversals"}[command]
+    expected = f"{trained_run.name}-{picture}.png"
+    before = _snapshot(trained_run)
+    assert cli.main([*argv, "--out", str(tmp_path / "new") + "/"]) == 0
+    assert f"to {tmp_path / 'new' / expected}" in capsys.readouterr().out
+    assert Image.open(tmp_path / "new" / expected).size[0] > 50
+    assert cli.main([*argv, "--out", str(tmp_path)]) == 0
+    assert (tmp_path / expected).is_file()
+    assert "is inside the run" in _error(capsys, [*argv, "--out", str(trained_run / f"{picture}.png")])
+    monkeypatch.chdir(trained_run)
+    assert "is inside the run" in _error(capsys, [command, ".", *WRITERS[command]])
+    assert _snapshot(trained_run) == before
+
+
 def _error(capsys, argv) -> str:
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()

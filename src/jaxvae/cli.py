@@ -15,8 +15,20 @@ import tyro
 
 from jaxvae.config import Config, ConfigError, expand_decoder_std, preset
 from jaxvae.evaluate import run_evaluate
+from jaxvae.outputs import make_parent, output_file
 
 Positional = tyro.conf.Positional
+# The run positional shows as RUN in usage and help (not STR), in every command that reads a run.
+Run = Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
+
+
+def picture_out_flag(picture: str):
+    """A picture command's --out: None means NAME-<picture>.png (NAME: the run folder's name) right here."""
+    hint = f"(default: ./NAME-{picture}.png, NAME the run folder's name)"
+    return Annotated[str | None, tyro.conf.arg(metavar="FILE|DIR", help_behavior_hint=hint)]
+
+
+MAX_SAMPLES = 200  # one PNG grid: 20 rows of 10; more is a job for the Python API (vae.sample)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,10 +62,10 @@ class TrainArgs:
 class SampleArgs:
     """Decode draws from the prior z ~ N(0, T^2 I) of a trained run into a PNG grid."""
 
-    run: Positional[str]
+    run: Run
     """Run directory."""
-    out: str = "samples.png"
-    """PNG file to write."""
+    out: picture_out_flag("samples") = None
+    """PNG file to write, or a folder to write it into."""
     n: int = 20
     """Number of samples."""
     temperature: float = 1.0
@@ -66,10 +78,10 @@ class SampleArgs:
 class ReconstructArgs:
     """Reconstruct held-out images of the run's data: originals over reconstructions, with the MSE."""
 
-    run: Positional[str]
+    run: Run
     """Run directory."""
-    out: str = "reconstructions.png"
-    """PNG file to write."""
+    out: picture_out_flag("reconstructions") = None
+    """PNG file to write, or a folder to write it into."""
     n: int = 10
     """Number of held-out images."""
 
@@ -78,10 +90,10 @@ class ReconstructArgs:
 class InterpolateArgs:
     """Interpolate between two held-out images: a pixel-space row over a latent-space row."""
 
-    run: Positional[str]
+    run: Run
     """Run directory."""
-    out: str = "interpolation.png"
-    """PNG file to write."""
+    out: picture_out_flag("interpolation") = None
+    """PNG file to write, or a folder to write it into."""
     steps: int = 10
     """Images per row."""
     method: str = "slerp"
@@ -119,9 +131,14 @@ def run_sample(argv: list[str]) -> int:
 
     a = _parse(SampleArgs, argv, prog="sample")
     _positive(n=a.n)
+    if a.n > MAX_SAMPLES:
+        raise ConfigError(f"--n {a.n} is more than one PNG grid shows (at most {MAX_SAMPLES}): write several "
+                          "grids with different --seed values, or draw arrays with the Python API (vae.sample)")
+    out = picture_out(a.out, a.run, "samples")
     vae = jaxvae.load(a.run)
     images = vae.sample(a.n, seed=a.seed, temperature=a.temperature)
-    plots.image_grid(images, _out(a.out), rows=max(1, a.n // 10), title=f"prior samples, T = {a.temperature}")
+    plots.image_grid(images, make_parent(out), rows=max(1, a.n // 10), title=f"prior samples, T = {a.temperature}")
+    print(f"wrote {a.n} prior samples of {a.run} to {out}")
     return 0
 
 
@@ -131,10 +148,12 @@ def run_reconstruct(argv: list[str]) -> int:
 
     a = _parse(ReconstructArgs, argv, prog="reconstruct")
     _positive(n=a.n)
+    out = picture_out(a.out, a.run, "reconstructions")
     vae = jaxvae.load(a.run)
     x = _held_out(vae, a.n)
     recon = vae.reconstruct(x)
-    plots.reconstructions(x, recon, sample.pixel_mse(x, recon), _out(a.out))
+    plots.reconstructions(x, recon, sample.pixel_mse(x, recon), make_parent(out))
+    print(f"wrote reconstructions of {len(x)} held-out images of {a.run} to {out}")
     return 0
 
 
@@ -146,13 +165,15 @@ def run_interpolate(argv: list[str]) -> int:
     _positive(steps=a.steps)
     if a.method not in sample.INTERPOLATIONS:
         raise ConfigError(f"unknown method {a.method!r}: choose slerp or lerp")
+    out = picture_out(a.out, a.run, "interpolation")
     vae = jaxvae.load(a.run)
     x = _held_out(vae, max(a.first, a.second) + 1)
     if min(a.first, a.second) < 0 or max(a.first, a.second) >= len(x):
         raise ConfigError(f"--first/--second must index the {len(x)} held-out images")
     latent = vae.interpolate(x[a.first], x[a.second], a.steps, a.method)
     pixel = sample.interpolate_pixels(x[a.first], x[a.second], a.steps)
-    plots.interpolation(pixel, latent, _out(a.out), method=a.method)
+    plots.interpolation(pixel, latent, make_parent(out), method=a.method)
+    print(f"wrote the interpolation between held-out images {a.first} and {a.second} of {a.run} to {out}")
     return 0
 
 
@@ -218,11 +239,11 @@ def _positive(**values: int) -> None:
             raise ConfigError(f"--{name} must be positive, got {v}")
 
 
-def _out(path: str) -> Path:
-    out = Path(path)
-    if out.parent and not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-    return out
+def picture_out(out: str | None, run: str, picture: str) -> Path:
+    """The PNG a picture command writes, checked before any work (outputs.output_file): --out, or
+    NAME-<picture>.png in the current folder or in the folder --out names; never inside a run."""
+    name = f"{Path(run).resolve().name or 'run'}-{picture}.png"
+    return output_file(name if out is None else out, name)
 
 
 def usage() -> str:

@@ -30,7 +30,7 @@ import math
 import sys
 import time
 import types
-from pathlib import Path
+from typing import Annotated
 
 import dm_pix as pix
 import jax
@@ -43,6 +43,7 @@ from jaxvae import diagnostics, losses
 from jaxvae.config import Config, ConfigError
 from jaxvae.diagnostics import plot_kl_per_dim  # re-exported: evaluate()'s result is what it draws
 from jaxvae.distributions import DiagonalGaussian
+from jaxvae.outputs import make_parent, output_file
 
 DEFAULT_MEMORY_CAP_MB = 1024
 # On a CPU a device call also stays under this (estimated) working set, so that it fits in cache:
@@ -362,7 +363,7 @@ class EvaluateArgs:
     SSIM, active units, KL per latent dim and I_q(x; z). Prints a table; never writes into RUN
     (JSON only with --out, the KL chart only with --kl-plot or beside --out)."""
 
-    run: tyro.conf.Positional[str]
+    run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
     """Run directory."""
     data: str = ""
     """Evaluate every example of this data (any --data source) instead of a split of the run's own data."""
@@ -416,22 +417,25 @@ def run_evaluate(argv: list[str]) -> int:
     a = tyro.cli(EvaluateArgs, args=argv, prog="jaxvae evaluate")
     if a.limit < 0:
         raise ConfigError(f"--limit must be >= 0, got {a.limit}")
+    # the outputs are checked before any work: RUN/evaluation.json may be added, no run file replaced
+    out = output_file(a.out, "evaluation.json", into_run="not-run-files", suffixes=(".json",)) if a.out else None
+    kl_plot = (output_file(a.kl_plot, "kl_per_dim.png", flag="--kl-plot", into_run="not-run-files") if a.kl_plot
+               else output_file(str(out.with_suffix("")) + "_kl.png", "", into_run="not-run-files") if out else None)
     vae = jaxvae.load(a.run)  # only reads the run
     x = evaluation_data(vae, a)
     result = evaluate(vae, x, iw_samples=a.iw_samples, seed=a.seed, memory_cap_mb=a.memory_cap_mb)
     result.update(run=str(a.run), data=a.data or vae.config.data, split="all" if a.data else a.split)
-    kl_plot = a.kl_plot or (str(Path(a.out).with_suffix("")) + "_kl.png" if a.out else "")
-    for path in (a.out, kl_plot):
+    for path in (out, kl_plot):
         if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            make_parent(path)
     if kl_plot:
         plot_kl_per_dim(result, kl_plot)
-        result["kl_plot"] = kl_plot
-    if a.out:
-        run_lib.write_json(Path(a.out), result)
+        result["kl_plot"] = str(kl_plot)
+    if out:
+        run_lib.write_json(out, {**result, "jaxvae_version": run_lib.VERSION})  # the marker of a jaxvae file
     print(format_table(result, title=f"jaxvae evaluate {a.run} ({result['split']} of {result['data']})"))
-    if a.out:
-        print(f"wrote {a.out}" + (f" and {kl_plot}" if kl_plot else ""))
+    if out:
+        print(f"wrote {out}" + (f" and {kl_plot}" if kl_plot else ""))
     elif kl_plot:
         print(f"wrote {kl_plot}")
     return 0

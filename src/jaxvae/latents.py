@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import tyro
@@ -19,6 +20,7 @@ from flax import nnx
 
 from jaxvae import sample as sample_lib
 from jaxvae.config import ConfigError
+from jaxvae.outputs import make_parent, output_file
 
 SPAN = 3.0  # traversals sweep each dimension over [-SPAN, +SPAN] prior sigmas (the prior's sigma is 1)
 STEPS = 9  # images per traversal row: odd, so the middle column is z_d = 0, the prior's mean
@@ -124,10 +126,11 @@ class TraverseArgs:
     one latent dimension swept over [-span, +span] prior sigmas. By default the most active
     dimensions (largest mean KL over held-out images), largest first."""
 
-    run: tyro.conf.Positional[str]
+    run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
     """Run directory."""
-    out: str = "traversals.png"
-    """PNG file to write."""
+    out: Annotated[str | None, tyro.conf.arg(
+        metavar="FILE|DIR", help_behavior_hint="(default: ./NAME-traversals.png, NAME the run folder's name)")] = None
+    """PNG file to write, or a folder to write it into."""
     dims: tuple[int, ...] = ()
     """Latent dimensions to sweep, e.g. `--dims 3 7 12`; default: the --top most active."""
     top: int = TOP
@@ -153,6 +156,8 @@ def run_traverse(argv: list[str]) -> int:
     if not a.span > 0:
         raise ConfigError(f"--span must be > 0, got {a.span}")
     _, config = run_lib.open_run(a.run)  # bad input is refused before the checkpoint is read
+    name = f"{Path(a.run).resolve().name or 'run'}-traversals.png"
+    out = output_file(name if a.out is None else a.out, name)  # never a user's file, never inside a run
     dims = check_dims(a.dims, config.z_dim) if a.dims else None
     val = data_lib.load_dataset(config).val
     if not 0 <= a.image < len(val):
@@ -162,7 +167,6 @@ def run_traverse(argv: list[str]) -> int:
     dims = dims or list(most_active(stats.kl, min(a.top, config.z_dim)))
     image = data_lib.to_model_range(val[a.image])
     images, values = traverse(vae.model, image, dims, a.steps, a.span)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    plots.traversal_grid(images, dims, values, out, kl=stats.kl)
+    plots.traversal_grid(images, dims, values, make_parent(out), kl=stats.kl)
+    print(f"wrote traversals of {len(dims)} latent dimensions of {a.run} to {out}")
     return 0
