@@ -139,6 +139,29 @@ def test_damaged_checkpoint_falls_back_with_a_warning(tmp_path, capsys):
     writer.close()
 
 
+def garbage(folder: Path) -> None:
+    """Overwrite every file below `folder` with bytes that are neither UTF-8 nor any format."""
+    for f in (p for p in folder.rglob("*") if p.is_file()):
+        f.write_bytes(b"\xff\xfe\xfa" + os.urandom(61))
+
+
+def test_checkpoints_overwritten_with_garbage_are_named_then_skipped(tmp_path, capsys):
+    """Garbage where orbax expects JSON (the metrics it reads when it opens the directory) used to
+    fail the opening with a UnicodeDecodeError; now the step is named as damaged and skipped."""
+    ckpt = Checkpointer(tmp_path)
+    for step in (5, 10):
+        saved(ckpt, step, val_loss=float(step))
+    ckpt.close()
+    garbage(tmp_path / "checkpoints" / "10")
+    reader = Checkpointer(tmp_path, read_only=True)
+    params = reader.restore_params(state(0.0)["params"])
+    np.testing.assert_array_equal(params["w"], np.full((4, 3), 5.0, np.float32))
+    assert "checkpoint 10 in " in capsys.readouterr().err
+    garbage(tmp_path / "checkpoints" / "5")
+    with pytest.raises(RunError, match=r"no loadable checkpoint in .*: 10 \(.*\); 5 \("):
+        Checkpointer(tmp_path, read_only=True).restore_params(state(0.0)["params"])
+
+
 def test_no_loadable_checkpoint_names_every_failure(tmp_path):
     ckpt = Checkpointer(tmp_path)
     saved(ckpt, 1)

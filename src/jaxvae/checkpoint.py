@@ -77,6 +77,19 @@ def _reason(e: BaseException) -> str:
     return text[:300]
 
 
+class _Manager(ocp.CheckpointManager):
+    """Orbax's manager reads every step's metrics when it opens the directory; a step whose files
+    were overwritten with garbage would fail the opening itself (a UnicodeDecodeError deep in orbax).
+    Here its metrics read as missing, and restoring it fails in restore_latest_good, which names it
+    and falls back to the step before."""
+
+    def metrics(self, step: int):
+        try:
+            return super().metrics(step)
+        except Exception:  # garbage where JSON should be: the step is damaged, found on restore
+            return None
+
+
 class Checkpointer:
     """Save and restore a run's training state (a thin layer over ocp.CheckpointManager).
 
@@ -103,7 +116,7 @@ class Checkpointer:
             best_fn=lambda m: m["val_loss"], best_mode="min", save_root_metadata=not read_only,
             multiprocessing_options=ocp.options.MultiprocessingOptions(**alone))
         try:
-            self.manager = ocp.CheckpointManager(self.directory, options=options)
+            self.manager = _Manager(self.directory, options=options)
         except OSError as e:
             raise CheckpointSaveError(f"cannot use checkpoint directory {self.directory}: {_reason(e)}") from e
         self._pending: int | None = None  # step of a save that may still be in flight
