@@ -72,6 +72,14 @@ def all_finite(tree) -> bool:
     return all(np.isfinite(x).all() for x in leaves if np.issubdtype(x.dtype, np.inexact))
 
 
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+    """{"decoder.embed.kernel": shape, ...} of a parameter tree or of orbax's metadata of one."""
+    tree = getattr(tree, "tree", tree)  # orbax's tree metadata wraps the tree
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    names = (".".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path) for path, _ in leaves)
+    return {name.removesuffix(".value"): tuple(leaf.shape) for name, (_, leaf) in zip(names, leaves, strict=True)}
+
+
 def _reason(e: BaseException) -> str:
     text = (getattr(e, "strerror", None) or str(e) or type(e).__name__).strip().splitlines()[0]
     return text[:300]
@@ -227,6 +235,7 @@ class Checkpointer:
 
     def restore_params(self, params_template, step: int | None = None):
         """The parameters of checkpoint `step`; by default of the latest one that is not damaged."""
+        self.check_model(params_template)
         items = {"params": ocp.args.StandardRestore(_abstract(params_template))}
         if step is not None:
             return self._restore_verified(step, items)["params"]
@@ -234,6 +243,25 @@ class Checkpointer:
         if step is None:
             raise RunError(f"no checkpoint in {self.directory}: was the run interrupted before its first save?")
         return params
+
+    def check_model(self, params_template) -> None:
+        """Raise RunError (one line, before any restore) when the newest readable checkpoint holds
+        parameters of other shapes than `params_template`: the run's config.json no longer describes
+        its checkpoints (edited by hand?). A damaged step is skipped here; restoring names it."""
+        for step in reversed(self.steps()):
+            try:
+                stored = _shapes(ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "params"))
+            except Exception:  # unreadable metadata: damage, which restore_latest_good reports
+                continue
+            wanted = _shapes(_abstract(params_template))
+            if stored == wanted:
+                return
+            diff = sorted(set(stored.items()) ^ set(wanted.items()))
+            name = diff[0][0]
+            raise RunError(f"the checkpoints in {self.directory} hold a different model than "
+                           f"{self.run_dir / 'config.json'} describes ({name}: saved {stored.get(name, 'absent')}, "
+                           f"config gives {wanted.get(name, 'absent')}); was config.json edited? Restore its model "
+                           "settings")
 
     def _restore_verified(self, step: int, items: dict) -> dict:
         has_digests = (self.directory / str(step) / "integrity").is_dir()
