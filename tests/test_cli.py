@@ -163,6 +163,13 @@ def _error(capsys, argv) -> str:
     (["--steps", "0"], "steps must be a positive integer"),
     (["--batch-size", "-3"], "batch_size must be a positive integer"),
     (["--beta", "-1"], "beta must be >= 0"),
+    # every float field must be finite (one rule, config.check_numbers), every int field in range
+    (["--lr", "inf"], "--lr must be a finite number, got inf"),
+    (["--beta", "inf"], "--beta must be a finite number, got inf"),
+    (["--free-bits", "inf"], "--free-bits must be a finite number, got inf"),
+    (["--decoder-std", "inf"], "--decoder-std must be a finite number, got inf"),
+    (["--val-fraction", "-inf"], "--val-fraction must be a finite number, got -inf"),
+    (["--seed", str(10**20)], "--seed 100000000000000000000 is out of range"),
 ])
 def test_bad_training_flags(capsys, tmp_path, flags, message):
     out = tmp_path / "never"
@@ -211,6 +218,20 @@ def test_missing_or_non_run_directories(capsys, tmp_path, command):
     assert "does not exist" in _error(capsys, [command, str(tmp_path / "nope"), "--out", str(tmp_path / "a.png")])
     (tmp_path / "empty").mkdir()
     assert "is not a jaxvae run" in _error(capsys, [command, str(tmp_path / "empty"), "--out", str(tmp_path / "a.png")])
+
+
+def test_non_finite_command_flags_are_one_line(capsys, trained_run, tmp_path):
+    """The same rule for every command's own arguments, before anything is read or written."""
+    before = _snapshot(trained_run)
+    for argv, message in [
+        (["evaluate", str(trained_run), "--memory-cap-mb", "nan"], "--memory-cap-mb must be a finite number, got nan"),
+        (["sample", str(trained_run), "--temperature", "inf", "--out", str(tmp_path / "s.png")],
+         "--temperature must be a finite number, got inf"),
+        (["traverse", str(trained_run), "--span", "-inf", "--out", str(tmp_path / "t.png")],
+         "--span must be a finite number, got -inf"),
+    ]:
+        assert message in _error(capsys, argv)
+    assert _snapshot(trained_run) == before and not list(tmp_path.iterdir())
 
 
 def test_bad_picture_flags(capsys, trained_run, tmp_path):

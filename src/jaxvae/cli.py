@@ -13,7 +13,7 @@ from typing import Annotated
 
 import tyro
 
-from jaxvae.config import Config, ConfigError, expand_decoder_std, preset
+from jaxvae.config import Config, ConfigError, expand_decoder_std, parse_args, preset
 from jaxvae.evaluate import run_evaluate
 from jaxvae.outputs import make_parent, output_file
 
@@ -216,7 +216,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
 
 
 def _parse(cls, argv: list[str], prog: str, default=None):
-    return tyro.cli(cls, args=argv, default=default, prog=f"jaxvae {prog}")
+    return parse_args(cls, argv, prog=f"jaxvae {prog}", default=default)
 
 
 def _preset_name(argv: list[str]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any
 
 from PIL import ImageColor
@@ -177,8 +178,42 @@ def check_data_options(*, image_size: int, channels: int, data_range: str = "", 
                           ) from None
 
 
+# Integers beyond this are refused in every field (seeds, sizes, counts): JAX and NumPy take int64 at most,
+# and no size or count of a real run comes near it.
+MAX_INT = 2**31 - 1
+
+
+def check_numbers(obj) -> None:
+    """The one rule for the numbers of a Config and of every command's arguments (a dataclass):
+    every float field is finite (NaN and +-inf train as NaN or inf, or loop forever) and every int
+    field fits in MAX_INT. Raises ConfigError naming the flag."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if dataclasses.is_dataclass(value):
+            check_numbers(value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{flag} must be a finite number, got {value}")
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            raise ConfigError(f"{flag} {value} is out of range (at most {MAX_INT:,} in size)")
+        elif isinstance(value, tuple):
+            for v in value:
+                if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_INT:
+                    raise ConfigError(f"{flag} {v} is out of range (at most {MAX_INT:,} in size)")
+
+
+def parse_args(cls, argv: list[str], prog: str, default=None):
+    """tyro-parse a command's arguments (a dataclass) and check their numbers (check_numbers)."""
+    import tyro
+
+    args = tyro.cli(cls, args=argv, default=default, prog=prog)
+    check_numbers(args)
+    return args
+
+
 def validate(c: Config) -> None:
     """Raise ConfigError naming the first setting that cannot work."""
+    check_numbers(c)
     check_data_options(image_size=c.image_size, channels=c.channels, data_range=c.data_range,
                        background=c.background, on_bad_image=c.on_bad_image,
                        max_image_pixels=c.max_image_pixels)

@@ -40,7 +40,7 @@ import tyro
 from flax import nnx
 
 from jaxvae import diagnostics, losses
-from jaxvae.config import Config, ConfigError
+from jaxvae.config import Config, ConfigError, parse_args
 from jaxvae.diagnostics import plot_kl_per_dim  # re-exported: evaluate()'s result is what it draws
 from jaxvae.distributions import DiagonalGaussian
 from jaxvae.outputs import make_parent, output_file
@@ -238,8 +238,8 @@ def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, 
     data, eight_bit = _check_data(data, c)
     if not isinstance(iw_samples, int) or iw_samples < 1:
         raise ConfigError(f"iw_samples must be a positive integer, got {iw_samples!r}")
-    if memory_cap_mb <= 0:
-        raise ConfigError(f"memory_cap_mb must be > 0, got {memory_cap_mb}")
+    if not (math.isfinite(memory_cap_mb) and memory_cap_mb > 0):  # NaN fails every comparison
+        raise ConfigError(f"memory_cap_mb must be a finite number > 0, got {memory_cap_mb}")
     n, images = len(data), not c.data_dim
     cap_bytes = int(memory_cap_mb * 2**20)
     call_bytes = min(cap_bytes, CPU_CALL_MB * 2**20) if jax.default_backend() == "cpu" else cap_bytes
@@ -414,7 +414,7 @@ def run_evaluate(argv: list[str]) -> int:
     import jaxvae
     from jaxvae import run as run_lib
 
-    a = tyro.cli(EvaluateArgs, args=argv, prog="jaxvae evaluate")
+    a = parse_args(EvaluateArgs, argv, prog="jaxvae evaluate")
     if a.limit < 0:
         raise ConfigError(f"--limit must be >= 0, got {a.limit}")
     # the outputs are checked before any work: RUN/evaluation.json may be added, no run file replaced

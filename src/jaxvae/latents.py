@@ -19,7 +19,7 @@ import tyro
 from flax import nnx
 
 from jaxvae import sample as sample_lib
-from jaxvae.config import ConfigError
+from jaxvae.config import ConfigError, parse_args
 from jaxvae.outputs import make_parent, output_file
 
 SPAN = 3.0  # traversals sweep each dimension over [-SPAN, +SPAN] prior sigmas (the prior's sigma is 1)
@@ -149,7 +149,7 @@ def run_traverse(argv: list[str]) -> int:
     from jaxvae import plots
     from jaxvae import run as run_lib
 
-    a = tyro.cli(TraverseArgs, args=argv, prog="jaxvae traverse")
+    a = parse_args(TraverseArgs, argv, prog="jaxvae traverse")
     for name in ("top", "steps"):
         if getattr(a, name) <= 0:
             raise ConfigError(f"--{name} must be positive, got {getattr(a, name)}")

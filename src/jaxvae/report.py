@@ -30,7 +30,7 @@ import numpy as np
 import tyro
 
 from jaxvae import run as run_lib
-from jaxvae.config import Config
+from jaxvae.config import Config, parse_args
 from jaxvae.outputs import HTML_GENERATOR, output_file
 
 REPORT = run_lib.REPORT
@@ -374,7 +374,7 @@ class ReportArgs:
 
 
 def run_report(argv: list[str]) -> int:
-    a = tyro.cli(ReportArgs, args=argv, prog="jaxvae report")
+    a = parse_args(ReportArgs, argv, prog="jaxvae report")
     out = write_report(a.run, a.out)
     print(f"wrote {out}")
     return 0
