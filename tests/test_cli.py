@@ -1,6 +1,7 @@
 """The CLI end to end on a micro run, the Python API round trip, and every bad-input case."""
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -232,6 +233,33 @@ def test_non_finite_command_flags_are_one_line(capsys, trained_run, tmp_path):
     ]:
         assert message in _error(capsys, argv)
     assert _snapshot(trained_run) == before and not list(tmp_path.iterdir())
+
+
+def test_long_work_is_estimated_and_refused_without_yes(capsys, trained_run, tmp_path):
+    """evaluate times a first device call and refuses a job estimated over an hour unless --yes;
+    sample caps --n at one grid's worth."""
+    err = _error(capsys, ["evaluate", str(trained_run), "--iw-samples", "100000000", "--limit", "1"])
+    assert "this evaluation is 1 examples x 100,000,000 samples = 1e+08 decodes, about" in err
+    assert "pass --yes to run it, or lower --iw-samples or --limit" in err
+    err = _error(capsys, ["sample", str(trained_run), "--n", "100000", "--out", str(tmp_path / "s.png")])
+    assert f"--n 100000 is more than one PNG grid shows (at most {cli.MAX_SAMPLES})" in err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_long_device_call_with_one_line_and_130(trained_run):
+    """Ctrl-C while one jitted call runs for hours: one line, exit status 130, no traceback."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    p = subprocess.Popen([sys.executable, "-m", "jaxvae", "evaluate", str(trained_run), "--iw-samples", "100000000",
+                          "--limit", "1", "--yes"], stderr=subprocess.PIPE, text=True, env=env)
+    seen = [p.stderr.readline() for _ in range(1)]
+    while seen[-1] and "decodes, about" not in seen[-1]:  # printed just before the long call starts
+        seen.append(p.stderr.readline())
+    assert "decodes, about" in seen[-1], seen
+    p.send_signal(signal.SIGINT)
+    assert p.wait(timeout=120) == 130
+    rest = p.stderr.read()
+    assert rest.strip() == "jaxvae: interrupted" and "Traceback" not in rest
 
 
 def test_bad_picture_flags(capsys, trained_run, tmp_path):

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -253,7 +255,7 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv_given, argv = argv, sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2
@@ -261,6 +263,64 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"jaxvae: error: unknown command {name!r}\n{usage()}", file=sys.stderr)
         return 2
+    # stdout/stderr never fail on a path that is not UTF-8 (its undecodable bytes print as \xNN)
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    # train stops on Ctrl-C at the next step by itself, after saving (resilience.StopSignals)
+    with CtrlC(force=name != "train") as ctrl_c:
+        code = _run(name, rest, ctrl_c)
+    if argv_given is None and ctrl_c.force and ctrl_c.handled.is_set():
+        # interrupted as a program: a device call may still be running, and the interpreter's teardown
+        # would wait for it (or crash under it); everything is written or was never started
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+class CtrlC:
+    """Ctrl-C in every command: one line, exit status 130, within a second or two.
+
+    The first Ctrl-C raises KeyboardInterrupt in the main thread as usual, which _run turns into
+    one line. But Python runs that only between bytecodes, and a long jitted call (an IWAE bound
+    with a large K) does not return to Python for minutes. So the signal also wakes a watcher
+    thread (signal.set_wakeup_fd writes to a pipe from C, whatever the main thread is doing); if the
+    main thread has not handled it within GRACE_S, the watcher prints the line and ends the process.
+    Outputs are written to a temporary name and renamed, so nothing is left half-written.
+    """
+
+    GRACE_S = 1.5
+
+    def __init__(self, force: bool = True):
+        self.force = force and threading.current_thread() is threading.main_thread()
+        self.handled = threading.Event()
+
+    def __enter__(self) -> CtrlC:
+        if self.force:
+            self._read, write = os.pipe()
+            os.set_blocking(write, False)
+            self._write = write
+            self._old_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+            self._old_fd = signal.set_wakeup_fd(write)
+            threading.Thread(target=self._watch, daemon=True, name="jaxvae-ctrl-c").start()
+        return self
+
+    def _watch(self) -> None:
+        while data := os.read(self._read, 64):
+            if signal.SIGINT in data and not self.handled.wait(self.GRACE_S):
+                os.write(2, b"jaxvae: interrupted\n")
+                os._exit(130)
+        os.close(self._read)
+
+    def __exit__(self, *exc) -> None:
+        if self.force:
+            signal.set_wakeup_fd(self._old_fd)
+            signal.signal(signal.SIGINT, self._old_handler)
+            os.close(self._write)  # the watcher reads b"" and ends
+
+
+def _run(name: str, rest: list[str], ctrl_c: CtrlC) -> int:
     try:
         return COMMANDS[name][0](rest)
     except ConfigError as e:
@@ -271,8 +331,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jaxvae: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # train saves first on SIGTERM/SIGINT and says how to resume
+        ctrl_c.handled.set()
         print(f"jaxvae: {e}" if str(e) else "jaxvae: interrupted", file=sys.stderr)
         return getattr(e, "exit_code", 130)
+    except MemoryError:
+        print(f"jaxvae: error: out of memory running `jaxvae {name}`: ask for less (fewer images, a smaller "
+              "--limit, --n or --iw-samples)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -46,6 +46,34 @@ from jaxvae.distributions import DiagonalGaussian
 from jaxvae.outputs import make_parent, output_file
 
 DEFAULT_MEMORY_CAP_MB = 1024
+PROBE_ABOVE = 1_000_000  # decodes (N x K) above which `jaxvae evaluate` times a first call to estimate the job
+MAX_SECONDS = 3600.0  # `jaxvae evaluate` refuses an estimated job longer than this without --yes
+PROGRESS_EVERY_S = 30.0
+
+
+class Progress:
+    """A tqdm bar on stderr in a terminal; otherwise (a log file, CI) one line every PROGRESS_EVERY_S."""
+
+    def __init__(self, total: int, desc: str, unit: str, enabled: bool = True):
+        from tqdm import tqdm
+
+        self.total, self.desc, self.unit, self.done = total, desc, unit, 0
+        self.lines = enabled and not sys.stderr.isatty()
+        self.bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled or self.lines, file=sys.stderr)
+        self.t0 = self.last = time.perf_counter()
+
+    def update(self, k: int) -> None:
+        self.done += k
+        self.bar.update(k)
+        now = time.perf_counter()
+        if self.lines and now - self.last >= PROGRESS_EVERY_S and self.done < self.total:
+            left = (now - self.t0) / self.done * (self.total - self.done)
+            print(f"jaxvae {self.desc}: {self.done}/{self.total} {self.unit}s, {now - self.t0:.0f} s, "
+                  f"about {left:.0f} s left", file=sys.stderr, flush=True)
+            self.last = now
+
+    def close(self) -> None:
+        self.bar.close()
 # On a CPU a device call also stays under this (estimated) working set, so that it fits in cache:
 # measured on the 2-core CPU, tiny preset, K = 1000: 4.3 images/s at 32 decodes per call (25 MiB),
 # 3.3 at 63, 1.9 at 250 and 0.9 at 1000. Accelerators want large calls and get the cap alone.
@@ -216,8 +244,38 @@ def _bits_per_dim_note(c: Config, binary: bool) -> tuple[bool, str]:
                    "the 8-bit likelihood (it can look too good)")
 
 
+def estimate_seconds(vae, data, iw_samples: int = 100, *, config: Config | None = None,
+                     memory_cap_mb: float = DEFAULT_MEMORY_CAP_MB) -> tuple[float, float]:
+    """(decodes, seconds): the work of evaluate(vae, data, iw_samples), N x K decodes, and its time at
+    the rate of one timed device call on the first examples (after one that compiles it). Small jobs
+    (at most PROBE_ABOVE decodes) are not timed: seconds is 0."""
+    model, c = _unpack(vae, config)
+    n = len(data)
+    decodes = float(n) * iw_samples
+    if decodes <= PROBE_ABOVE:
+        return decodes, 0.0
+    cap_bytes = int(memory_cap_mb * 2**20)
+    call_bytes = min(cap_bytes, CPU_CALL_MB * 2**20) if jax.default_backend() == "cpu" else cap_bytes
+    plan = plan_chunks(iw_samples, n, bytes_per_sample(c), call_bytes)
+    probe = Plan(examples=plan.examples, samples=plan.samples, chunks=1)  # one chunk of one batch
+    rows = np.asarray(data[:probe.examples])
+    x = rows.astype(np.float32) / 127.5 - 1.0 if rows.dtype == np.uint8 else rows.astype(np.float32)
+    x = np.concatenate([x, np.repeat(x[-1:], probe.examples - len(x), axis=0)])
+    graphdef, params = nnx.split(model)
+    idx = np.arange(probe.examples, dtype=np.int32)
+    times = []
+    for _ in range(2):  # the first call compiles
+        t0 = time.perf_counter()
+        jax.block_until_ready(_evaluate_batch(graphdef, params, x, idx, jax.random.key(0), k=probe.samples,
+                                              plan=probe, dequantize=False, images=not c.data_dim))
+        times.append(time.perf_counter() - t0)
+    rate = probe.examples * probe.samples / max(times[-1], 1e-6)
+    return decodes, decodes / rate
+
+
 def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, seed: int = 0,
-             memory_cap_mb: float = DEFAULT_MEMORY_CAP_MB, per_example: bool = False) -> dict:
+             memory_cap_mb: float = DEFAULT_MEMORY_CAP_MB, per_example: bool = False,
+             progress: bool = False) -> dict:
     """Everything `jaxvae evaluate` reports, as a JSON-ready dict.
 
     Args:
@@ -229,6 +287,7 @@ def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, 
       memory_cap_mb: the estimated activations of one device call stay under this (and, on a CPU,
         under CPU_CALL_MB too, which is faster).
       per_example: also return the (N,) values behind the means under "per_example".
+      progress: a progress bar on stderr in a terminal, else a line every PROGRESS_EVERY_S seconds.
     Returns: statistics {"mean", "se"} in nats per example for negative_elbo, reconstruction_nll,
       kl, iwae (the bound on log p(x)), iwae_minus_elbo; bits_per_dim(+_elbo) with their flags; mse
       (and psnr, ssim for images); active_units, latent_activity, kl_per_dim (sorted, with its
@@ -251,6 +310,7 @@ def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, 
     t0 = time.perf_counter()
     parts: dict[str, list[np.ndarray]] = {}
     binary = True
+    bar = Progress(n, "evaluate", "example", enabled=progress)
     for lo in range(0, n, plan.examples):
         rows = np.asarray(data[lo:lo + plan.examples])
         if eight_bit:
@@ -269,6 +329,8 @@ def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, 
                               dequantize=dequantize, images=images)
         for name, value in jax.device_get(out).items():
             parts.setdefault(name, []).append(np.asarray(value)[: plan.examples - pad])
+        bar.update(plan.examples - pad)
+    bar.close()
     per = {name: np.concatenate(chunks) for name, chunks in parts.items()}
     seconds = time.perf_counter() - t0
 
@@ -381,6 +443,8 @@ class EvaluateArgs:
     """Write the result as JSON here (and the KL chart beside it as <name>_kl.png)."""
     kl_plot: str = ""
     """Write the bar chart of the KL per latent dim to this PNG."""
+    yes: bool = False
+    """Run even when the estimated time (N examples x K decodes at a measured rate) is over an hour."""
 
 
 def evaluation_data(vae, a: EvaluateArgs):
@@ -423,7 +487,16 @@ def run_evaluate(argv: list[str]) -> int:
                else output_file(str(out.with_suffix("")) + "_kl.png", "", into_run="not-run-files") if out else None)
     vae = jaxvae.load(a.run)  # only reads the run
     x = evaluation_data(vae, a)
-    result = evaluate(vae, x, iw_samples=a.iw_samples, seed=a.seed, memory_cap_mb=a.memory_cap_mb)
+    if a.iw_samples < 1:
+        raise ConfigError(f"--iw-samples must be a positive integer, got {a.iw_samples}")
+    decodes, seconds = estimate_seconds(vae, x, a.iw_samples, memory_cap_mb=a.memory_cap_mb)
+    if seconds > MAX_SECONDS and not a.yes:
+        raise ConfigError(f"this evaluation is {len(x):,} examples x {a.iw_samples:,} samples = {decodes:.3g} decodes, "
+                          f"about {_duration(seconds)} at the rate just measured: pass --yes to run it, or lower "
+                          "--iw-samples or --limit")
+    if seconds > PROGRESS_EVERY_S:
+        print(f"jaxvae evaluate: {decodes:.3g} decodes, about {_duration(seconds)}", file=sys.stderr, flush=True)
+    result = evaluate(vae, x, iw_samples=a.iw_samples, seed=a.seed, memory_cap_mb=a.memory_cap_mb, progress=True)
     result.update(run=str(a.run), data=a.data or vae.config.data, split="all" if a.data else a.split)
     for path in (out, kl_plot):
         if path:
@@ -439,6 +512,12 @@ def run_evaluate(argv: list[str]) -> int:
     elif kl_plot:
         print(f"wrote {kl_plot}")
     return 0
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 class _CallableModule(types.ModuleType):
