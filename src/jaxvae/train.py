@@ -14,6 +14,7 @@ All of it is checkpointed, so a resumed run continues bitwise where it stopped (
 from __future__ import annotations
 
 import functools
+import math
 import sys
 import time
 import warnings
@@ -30,7 +31,7 @@ from jaxvae import data as data_lib
 from jaxvae import parallel, resilience
 from jaxvae import run as run_lib
 from jaxvae.checkpoint import Checkpointer
-from jaxvae.config import Config
+from jaxvae.config import Config, ConfigError
 from jaxvae.data import vectors
 from jaxvae.losses import dequantize, kl_weight, vae_loss
 from jaxvae.model import build
@@ -131,6 +132,24 @@ def validation_metrics(eval_step, params, val: np.ndarray, c: Config, kind: str 
     return {f"val_{k}": float(v) for k, v in zip(VAL_KEYS, np.mean(totals, axis=0), strict=True)}
 
 
+def check_held_out(c: Config, dataset) -> None:
+    """Training needs held-out examples: the validation loss, the best checkpoint, the summary's MSE and
+    the pictures (an interpolation takes two images) come from them. Without any (--val-fraction 0)
+    or with one, refuse before training rather than fail after it; the message says what to pass."""
+    need = 1 if dataset.kind == "vectors" else 2
+    n_val, what = len(dataset.val), "example" if dataset.kind == "vectors" else "image"
+    if n_val >= need:
+        return
+    if c.val_data:
+        raise ConfigError(f"--val-data {c.val_data} holds {n_val} {what}(s): training needs at least {need} "
+                          "held-out (validation loss, best checkpoint, pictures)")
+    total = len(dataset.train) + n_val
+    hint = f"--val-fraction {math.ceil(100 * (need - 0.5) / total) / 100:g} gives {need}" if total > need else ""
+    raise ConfigError(f"--val-fraction {c.val_fraction:g} of {total} {what}s holds out {n_val}: training needs at "
+                      f"least {need} held-out (validation loss, best checkpoint, pictures); "
+                      + (f"{hint}, or give --val-data" if hint else "give more data"))
+
+
 def _progress(c: Config, quiet: bool):
     return tqdm(total=c.steps, disable=quiet or not sys.stderr.isatty(), dynamic_ncols=True, unit="step")
 
@@ -157,6 +176,7 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
         check_run_out(out, overwrite)
     tb = TensorBoard(tensorboard and writer)  # before anything is written: a missing tensorboardX fails here
     dataset = data_lib.load_dataset(c)
+    check_held_out(c, dataset)  # before anything is written or trained: the pictures need two
     mesh = parallel.data_mesh()  # every device of every process; the batch is sharded over them
     if dataset.kind == "vectors":
         batches = vectors.VectorBatches(dataset.train, c.batch_size, seed=c.seed, flip=c.flip)
