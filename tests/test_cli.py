@@ -278,6 +278,24 @@ def test_help_explains_every_command():
     assert e.value.code == 0
 
 
+def _help(capsys, command: str) -> str:
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # rich wraps lines: compare words
+
+
+def test_help_names_positionals_and_shows_each_default_once(capsys):
+    for command in ("sample", "reconstruct", "interpolate", "traverse", "evaluate", "report"):
+        text = _help(capsys, command)
+        assert f"usage: jaxvae {command} [-h] " in text and "RUN Run directory. (required)" in text, text
+    assert "usage: jaxvae prepare [-h] SRC" in _help(capsys, "prepare")
+    report = _help(capsys, "report")
+    assert report.count("(default: RUN/report.html)") == 1 and "(default: None)" not in report
+    assert "(default: ./NAME-samples.png, NAME the run folder's name)" in _help(capsys, "sample")
+    assert "--decoder-std FLOAT|per-dim|shared|fixed" in _help(capsys, "train")
+
+
 def test_unknown_command(capsys):
     assert cli.main(["fly"]) == 2
     assert "unknown command 'fly'" in capsys.readouterr().err

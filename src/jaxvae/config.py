@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any
+from typing import Annotated, Any
 
+import tyro
 from PIL import ImageColor
 
 SCALE_PARAMETERIZATIONS = ("log_var", "log_std", "softplus")
@@ -83,7 +84,8 @@ class Config:
     """How the decoder's raw scale becomes sigma: log_var | log_std | softplus."""
     decoder_variance: str = "learned"
     """learned (per-pixel sigma from the decoder) | fixed (the MSE case, sigma = decoder_std)."""
-    decoder_std: float = 1.0
+    # the metavar shows that train's flag also takes the words of expand_decoder_std
+    decoder_std: Annotated[float, tyro.conf.arg(metavar="FLOAT|per-dim|shared|fixed")] = 1.0
     """The decoder's sigma when decoder_variance is fixed (train also takes --decoder-std per-dim|shared|fixed)."""
     # `--decoder-std per-dim|shared|fixed` (the shorthand, see expand_decoder_std) sets decoder_variance and
     # decoder_scale_sharing; a number keeps meaning this fixed sigma.
@@ -204,8 +206,6 @@ def check_numbers(obj) -> None:
 
 def parse_args(cls, argv: list[str], prog: str, default=None):
     """tyro-parse a command's arguments (a dataclass) and check their numbers (check_numbers)."""
-    import tyro
-
     args = tyro.cli(cls, args=argv, default=default, prog=prog)
     check_numbers(args)
     return args
