@@ -289,7 +289,7 @@ def test_help_names_positionals_and_shows_each_default_once(capsys):
     for command in ("sample", "reconstruct", "interpolate", "traverse", "evaluate", "report"):
         text = _help(capsys, command)
         assert f"usage: jaxvae {command} [-h] " in text and "RUN Run directory. (required)" in text, text
-    assert "usage: jaxvae prepare [-h] SRC" in _help(capsys, "prepare")
+    assert "SRC The source: a folder" in _help(capsys, "prepare")
     report = _help(capsys, "report")
     assert report.count("(default: RUN/report.html)") == 1 and "(default: None)" not in report
     assert "(default: ./NAME-samples.png, NAME the run folder's name)" in _help(capsys, "sample")

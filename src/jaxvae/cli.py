@@ -45,7 +45,7 @@ class TrainArgs:
     out: str = "runs/default"
     """Run directory to create."""
     overwrite: bool = False
-    """Replace a run that already exists in --out."""
+    """Replace a run that already exists in --out (only its files; never a folder that is not a run)."""
     resume: str | None = None
     """Continue this run from its latest checkpoint (instead of --out); its config is the default."""
     quiet: bool = False

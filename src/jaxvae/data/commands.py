@@ -49,7 +49,7 @@ class PrepareArgs:
     workers: int = 0
     """Decoding processes (0: one per available core)."""
     overwrite: bool = False
-    """Replace --out if it already exists."""
+    """Replace --out if it holds a prepared cache (never a file or folder jaxvae did not write)."""
     quiet: bool = False
     """No progress bar."""
 
