@@ -70,6 +70,30 @@ def test_python_api_round_trip(trained_run):
     np.testing.assert_allclose(vae.interpolate(x[0], x[1], steps=5)[[0, -1]], path[[0, -1]], atol=1e-4)
 
 
+def test_api_takes_images_by_one_rule(trained_run):
+    """uint8 is converted; floats outside [-1, 1] are refused naming range and dtype; floats with no
+    negative value ([0, 1] data?) are refused as ambiguous unless data_range says which they are."""
+    vae = jaxvae.load(trained_run)
+    u8 = vae.held_out(4, as_uint8=True)
+    x = vae.held_out(4)
+    assert u8.dtype == np.uint8 and x.dtype == np.float32 and x.min() >= -1 and x.max() <= 1
+    np.testing.assert_array_equal(x, data_lib.to_model_range(u8))
+    np.testing.assert_allclose(vae.encode(u8).mean, vae.encode(x).mean, atol=1e-6)
+    unit = (x + 1) / 2  # the same images in [0, 1]
+    with pytest.raises(ValueError, match=r"no value below 0 .* data_range='01' to convert"):
+        vae.encode(unit)
+    np.testing.assert_allclose(vae.encode(unit, data_range="01").mean, vae.encode(x).mean, atol=1e-5)
+    with pytest.raises(ValueError, match=r"x is float32 with values in \[.*\]: float images must be in \[-1, 1\] "
+                                         r"\(0..255 values\? pass them as uint8\)"):
+        vae.reconstruct(u8.astype(np.float32))
+    with pytest.raises(ValueError, match="no value below 0"):
+        jaxvae.evaluate(vae, unit, iw_samples=2)
+    r01 = jaxvae.evaluate(vae, unit, iw_samples=2, data_range="01")
+    assert r01["mse"]["mean"] == pytest.approx(jaxvae.evaluate(vae, u8, iw_samples=2)["mse"]["mean"], rel=1e-4)
+    out = jaxvae.to_uint8(vae.reconstruct(x))
+    assert out.dtype == np.uint8 and out.shape == (4, 16, 16, 3)
+
+
 def test_api_rejects_wrong_shapes(trained_run):
     vae = jaxvae.load(trained_run)
     with pytest.raises(ValueError, match=r"shape \(B, 16, 16, 3\)"):

@@ -121,12 +121,6 @@ def run_train(argv: list[str]) -> int:
     return 0
 
 
-def _held_out(vae, n: int):
-    from jaxvae import data as data_lib
-
-    return data_lib.to_model_range(data_lib.load_dataset(vae.config).val[:n])
-
-
 def run_sample(argv: list[str]) -> int:
     import jaxvae
     from jaxvae import plots
@@ -152,8 +146,8 @@ def run_reconstruct(argv: list[str]) -> int:
     _positive(n=a.n)
     out = picture_out(a.out, a.run, "reconstructions")
     vae = jaxvae.load(a.run)
-    x = _held_out(vae, a.n)
-    recon = vae.reconstruct(x)
+    x = vae.held_out(a.n)
+    recon = vae.reconstruct(x, data_range="pm1")
     plots.reconstructions(x, recon, sample.pixel_mse(x, recon), make_parent(out))
     print(f"wrote reconstructions of {len(x)} held-out images of {a.run} to {out}")
     return 0
@@ -169,10 +163,10 @@ def run_interpolate(argv: list[str]) -> int:
         raise ConfigError(f"unknown method {a.method!r}: choose slerp or lerp")
     out = picture_out(a.out, a.run, "interpolation")
     vae = jaxvae.load(a.run)
-    x = _held_out(vae, max(a.first, a.second) + 1)
+    x = vae.held_out(max(a.first, a.second) + 1)
     if min(a.first, a.second) < 0 or max(a.first, a.second) >= len(x):
         raise ConfigError(f"--first/--second must index the {len(x)} held-out images")
-    latent = vae.interpolate(x[a.first], x[a.second], a.steps, a.method)
+    latent = vae.interpolate(x[a.first], x[a.second], a.steps, a.method, data_range="pm1")
     pixel = sample.interpolate_pixels(x[a.first], x[a.second], a.steps)
     plots.interpolation(pixel, latent, make_parent(out), method=a.method)
     print(f"wrote the interpolation between held-out images {a.first} and {a.second} of {a.run} to {out}")

@@ -275,13 +275,15 @@ def estimate_seconds(vae, data, iw_samples: int = 100, *, config: Config | None 
 
 def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, seed: int = 0,
              memory_cap_mb: float = DEFAULT_MEMORY_CAP_MB, per_example: bool = False,
-             progress: bool = False) -> dict:
+             progress: bool = False, data_range: str = "") -> dict:
     """Everything `jaxvae evaluate` reports, as a JSON-ready dict.
 
     Args:
       vae: a TrainedVAE (jaxvae.load) or a bare jaxvae VAE together with `config`.
       data: (N, S, S, C) uint8 images (bits/dim is reported only for these), or float arrays in the
         model's range: (N, S, S, C) images in [-1, 1] or (N, D) vectors as the model was trained on.
+        Float images with no negative value are refused as ambiguous ([0, 1] data read as [-1, 1]);
+        data_range="01" converts [0, 1] images (x * 2 - 1), "pm1" vouches for [-1, 1] (data.as_model_images).
       iw_samples: K, importance samples per example (K = 1: IWAE is the one-sample ELBO).
       seed: fixes every draw; results do not depend on memory_cap_mb.
       memory_cap_mb: the estimated activations of one device call stay under this (and, on a CPU,
@@ -295,6 +297,10 @@ def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, 
     """
     model, c = _unpack(vae, config)
     data, eight_bit = _check_data(data, c)
+    if not c.data_dim and not eight_bit:  # float images: one rule for their range, as for vae.encode
+        from jaxvae.data import as_model_images
+
+        data = as_model_images(data, data_range, "data")
     if not isinstance(iw_samples, int) or iw_samples < 1:
         raise ConfigError(f"iw_samples must be a positive integer, got {iw_samples!r}")
     if not (math.isfinite(memory_cap_mb) and memory_cap_mb > 0):  # NaN fails every comparison
