@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import sys
 import time
@@ -80,6 +81,14 @@ def _shapes(tree) -> dict[str, tuple[int, ...]]:
     return {name.removesuffix(".value"): tuple(leaf.shape) for name, (_, leaf) in zip(names, leaves, strict=True)}
 
 
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _reason(e: BaseException) -> str:
     text = (getattr(e, "strerror", None) or str(e) or type(e).__name__).strip().splitlines()[0]
     return text[:300]
@@ -109,6 +118,9 @@ class Checkpointer:
     def __init__(self, run_dir: Path, keep: int = 3, read_only: bool = False):
         self.run_dir = Path(run_dir).absolute()
         self.directory = self.run_dir / CHECKPOINTS
+        self._alias_fd = None
+        if not _utf8(str(self.run_dir)):
+            self.directory = self._utf8_alias() / CHECKPOINTS
         self.read_only = read_only
         latest_and_best = policies.AnyPreservationPolicy([
             policies.LatestN(n=keep),
@@ -128,6 +140,15 @@ class Checkpointer:
         except OSError as e:
             raise CheckpointSaveError(f"cannot use checkpoint directory {self.directory}: {_reason(e)}") from e
         self._pending: int | None = None  # step of a save that may still be in flight
+
+    def _utf8_alias(self) -> Path:
+        """TensorStore takes UTF-8 paths only: a run folder whose name is not UTF-8 (bytes kept as
+        surrogates by os.fsdecode) is reached through /proc/self/fd/N, an alias of an open descriptor."""
+        if not Path("/proc/self/fd").is_dir():
+            raise RunError(f"{self.run_dir} is not a UTF-8 path, which orbax cannot read or write here: "
+                           "rename the folder")
+        self._alias_fd = os.open(self.run_dir, os.O_RDONLY)
+        return Path(f"/proc/self/fd/{self._alias_fd}")
 
     # --- what is on disk --------------------------------------------------------------------
     def steps(self) -> list[int]:
@@ -301,3 +322,6 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+        if self._alias_fd is not None:
+            os.close(self._alias_fd)
+            self._alias_fd = None
