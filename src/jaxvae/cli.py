@@ -31,6 +31,7 @@ def picture_out_flag(picture: str):
 
 
 MAX_SAMPLES = 200  # one PNG grid: 20 rows of 10; more is a job for the Python API (vae.sample)
+MAX_COLUMNS = 100  # images in one row of a picture (reconstructions, interpolation steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +145,7 @@ def run_reconstruct(argv: list[str]) -> int:
 
     a = _parse(ReconstructArgs, argv, prog="reconstruct")
     _positive(n=a.n)
+    _at_most(MAX_COLUMNS, n=a.n)
     out = picture_out(a.out, a.run, "reconstructions")
     vae = jaxvae.load(a.run)
     x = vae.held_out(a.n)
@@ -159,6 +161,7 @@ def run_interpolate(argv: list[str]) -> int:
 
     a = _parse(InterpolateArgs, argv, prog="interpolate")
     _positive(steps=a.steps)
+    _at_most(MAX_COLUMNS, steps=a.steps)
     if a.method not in sample.INTERPOLATIONS:
         raise ConfigError(f"unknown method {a.method!r}: choose slerp or lerp")
     out = picture_out(a.out, a.run, "interpolation")
@@ -233,6 +236,12 @@ def _positive(**values: int) -> None:
     for name, v in values.items():
         if v <= 0:
             raise ConfigError(f"--{name} must be positive, got {v}")
+
+
+def _at_most(limit: int, **values: int) -> None:
+    for name, v in values.items():
+        if v > limit:
+            raise ConfigError(f"--{name} {v} is more than one picture's row shows (at most {limit})")
 
 
 def picture_out(out: str | None, run: str, picture: str) -> Path:

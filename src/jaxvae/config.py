@@ -168,6 +168,7 @@ def check_data_options(*, image_size: int, channels: int, data_range: str = "", 
     """The data settings' checks, shared by `Config` and the `prepare` / `show-data` commands."""
     _check(isinstance(image_size, int) and image_size > 0,
            f"image_size must be a positive integer, got {image_size!r}")
+    _check(image_size <= MAX_IMAGE_SIZE, f"image_size {image_size} is over {MAX_IMAGE_SIZE} pixels a side")
     _check(channels in (1, 3), f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
     _check(data_range in ("", "01", "pm1"), f"unknown data_range {data_range!r}: choose 01 or pm1")
     _check(on_bad_image in ("skip", "error"), f"unknown on_bad_image {on_bad_image!r}: choose skip or error")
@@ -180,6 +181,7 @@ def check_data_options(*, image_size: int, channels: int, data_range: str = "", 
                           ) from None
 
 
+MAX_IMAGE_SIZE = 4096  # a side; beyond it one batch of images alone would not fit in memory
 # Integers beyond this are refused in every field (seeds, sizes, counts): JAX and NumPy take int64 at most,
 # and no size or count of a real run comes near it.
 MAX_INT = 2**31 - 1

@@ -153,6 +153,8 @@ def run_traverse(argv: list[str]) -> int:
     for name in ("top", "steps"):
         if getattr(a, name) <= 0:
             raise ConfigError(f"--{name} must be positive, got {getattr(a, name)}")
+    if a.steps > 100:
+        raise ConfigError(f"--steps {a.steps} is more than one picture's row shows (at most 100)")
     if not a.span > 0:
         raise ConfigError(f"--span must be > 0, got {a.span}")
     _, config = run_lib.open_run(a.run)  # bad input is refused before the checkpoint is read

@@ -17,11 +17,13 @@ import numpy as np
 import tyro
 from PIL import Image, PngImagePlugin
 
-from jaxvae.config import ConfigError, check_data_options
+from jaxvae.config import MAX_IMAGE_SIZE, ConfigError, check_data_options
 from jaxvae.data import DataOptions, load_images, sources
 from jaxvae.data.images import ImageSettings
 from jaxvae.data.prepare import current_umask, prepare_folder, write_array_cache
 from jaxvae.outputs import PNG_METADATA, output_file
+
+MAX_WORKERS = 256  # decoding processes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +92,8 @@ def run_prepare(a: PrepareArgs) -> int:
     check_data_options(image_size=a.image_size, channels=a.channels, data_range=a.data_range,
                        background=a.background, on_bad_image=a.on_bad_image,
                        max_image_pixels=a.max_image_pixels)
-    if a.workers < 0:
-        raise ConfigError(f"workers must be >= 0, got {a.workers}")
+    if not 0 <= a.workers <= MAX_WORKERS:
+        raise ConfigError(f"workers must be in [0, {MAX_WORKERS}], got {a.workers}")
     src = sources.parse_source(a.src)
     if src.kind in ("folder", "celeba"):
         settings = ImageSettings(a.image_size, a.channels, a.background, a.max_image_pixels,
@@ -135,6 +137,8 @@ def run_show_data(a: ShowDataArgs) -> int:
                        max_image_pixels=a.max_image_pixels)
     if a.count <= 0 or a.scale < 0:
         raise ConfigError(f"count must be > 0 and scale >= 0, got count {a.count}, scale {a.scale}")
+    if a.scale * a.image_size > MAX_IMAGE_SIZE:
+        raise ConfigError(f"--scale {a.scale} makes each image {a.scale * a.image_size} px, over {MAX_IMAGE_SIZE}")
     out = output_file(a.out, "data.png")  # never a user's file, never inside a run
     options = DataOptions(**{f.name: getattr(a, f.name) for f in dataclasses.fields(DataOptions)})
     images = load_images(a.data, options)

@@ -46,7 +46,7 @@ def fingerprint(root: str, files: list[FoundFile], skipped: list[tuple[str, str]
     """What a cache was built from: changes when a file is added, removed, resized or touched."""
     h = hashlib.sha256(json.dumps([os.path.realpath(root), dataclasses.asdict(s), skipped]).encode())
     for f in files:
-        h.update(f"{f.path}\0{f.size}\0{f.mtime_ns}\n".encode())
+        h.update(f"{f.path}\0{f.size}\0{f.mtime_ns}\n".encode("utf-8", "surrogateescape"))  # any file name
     return h.hexdigest()
 
 
