@@ -493,8 +493,8 @@ def run_evaluate(argv: list[str]) -> int:
                else output_file(str(out.with_suffix("")) + "_kl.png", "", into_run="not-run-files") if out else None)
     vae = jaxvae.load(a.run)  # only reads the run
     x = evaluation_data(vae, a)
-    if a.iw_samples < 1:
-        raise ConfigError(f"--iw-samples must be a positive integer, got {a.iw_samples}")
+    if a.iw_samples < 1:  # before the estimate, worded as evaluate() words it
+        raise ConfigError(f"iw_samples must be a positive integer, got {a.iw_samples}")
     decodes, seconds = estimate_seconds(vae, x, a.iw_samples, memory_cap_mb=a.memory_cap_mb)
     if seconds > MAX_SECONDS and not a.yes:
         raise ConfigError(f"this evaluation is {len(x):,} examples x {a.iw_samples:,} samples = {decodes:.3g} decodes, "
