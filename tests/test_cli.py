@@ -262,8 +262,10 @@ def test_non_finite_command_flags_are_one_line(capsys, trained_run, tmp_path):
 def test_long_work_is_estimated_and_refused_without_yes(capsys, trained_run, tmp_path):
     """evaluate times a first device call and refuses a job estimated over an hour unless --yes;
     sample caps --n at one grid's worth."""
-    err = _error(capsys, ["evaluate", str(trained_run), "--iw-samples", "100000000", "--limit", "1"])
-    assert "this evaluation is 1 examples x 100,000,000 samples = 1e+08 decodes, about" in err
+    # 2e9 decodes: ~50 h at the micro model's rate on a CPU here, far from the 1 h limit whatever the load
+    # (1e8 was measured at 1.5 to 2.5 h, close enough to the limit to run the job when the machine was idle)
+    err = _error(capsys, ["evaluate", str(trained_run), "--iw-samples", "2000000000", "--limit", "1"])
+    assert "this evaluation is 1 examples x 2,000,000,000 samples = 2e+09 decodes, about" in err
     assert "pass --yes to run it, or lower --iw-samples or --limit" in err
     err = _error(capsys, ["sample", str(trained_run), "--n", "100000", "--out", str(tmp_path / "s.png")])
     assert f"--n 100000 is more than one PNG grid shows (at most {cli.MAX_SAMPLES})" in err
