@@ -139,6 +139,55 @@ def test_damaged_checkpoint_falls_back_with_a_warning(tmp_path, capsys):
     writer.close()
 
 
+def garbage(folder: Path) -> None:
+    """Overwrite every file below `folder` with bytes that are neither UTF-8 nor any format."""
+    for f in (p for p in folder.rglob("*") if p.is_file()):
+        f.write_bytes(b"\xff\xfe\xfa" + os.urandom(61))
+
+
+def test_checkpoints_overwritten_with_garbage_are_named_then_skipped(tmp_path, capsys):
+    """Garbage where orbax expects JSON (the metrics it reads when it opens the directory) used to
+    fail the opening with a UnicodeDecodeError; now the step is named as damaged and skipped."""
+    ckpt = Checkpointer(tmp_path)
+    for step in (5, 10):
+        saved(ckpt, step, val_loss=float(step))
+    ckpt.close()
+    garbage(tmp_path / "checkpoints" / "10")
+    reader = Checkpointer(tmp_path, read_only=True)
+    params = reader.restore_params(state(0.0)["params"])
+    np.testing.assert_array_equal(params["w"], np.full((4, 3), 5.0, np.float32))
+    assert "checkpoint 10 in " in capsys.readouterr().err
+    garbage(tmp_path / "checkpoints" / "5")
+    with pytest.raises(RunError, match=r"no loadable checkpoint in .*: 10 \(.*\); 5 \("):
+        Checkpointer(tmp_path, read_only=True).restore_params(state(0.0)["params"])
+
+
+def test_a_config_edited_to_another_model_is_one_line_and_moves_nothing(tmp_path, capfd):
+    """z_dim changed in config.json: not "damage" (nothing moved aside), one RunError before any
+    restore, so no orbax reader is left running (it printed 'Event loop is closed' tracebacks)."""
+    from conftest import micro_config, untrained_run
+
+    import jaxvae
+    from jaxvae.resilience import resume
+    from jaxvae.train import init_state
+
+    run = untrained_run(tmp_path / "run", micro_config())
+    config = run_lib.read_json(run / "config.json")
+    run_lib.write_json(run / "config.json", {**config, "z_dim": 6})
+    before = tree_hash(run)
+    with pytest.raises(RunError, match=r"hold a different model than .*config.json describes \(decoder.embed.kernel: "
+                                       r"saved \(4, 32\), config gives \(6, 32\)\); was config.json edited"):
+        jaxvae.load(run)
+    _, fresh = init_state(micro_config(z_dim=6))
+    ckpt = Checkpointer(run)
+    with pytest.raises(RunError, match="hold a different model"):
+        resume(ckpt, run, micro_config(z_dim=6), fresh, None, print)
+    ckpt.close()
+    assert tree_hash(run) == before and not (run / run_lib.DAMAGED).exists()
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "damaged" not in err
+
+
 def test_no_loadable_checkpoint_names_every_failure(tmp_path):
     ckpt = Checkpointer(tmp_path)
     saved(ckpt, 1)

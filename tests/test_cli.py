@@ -1,6 +1,7 @@
 """The CLI end to end on a micro run, the Python API round trip, and every bad-input case."""
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,30 @@ def test_python_api_round_trip(trained_run):
     np.testing.assert_allclose(vae.interpolate(x[0], x[1], steps=5)[[0, -1]], path[[0, -1]], atol=1e-4)
 
 
+def test_api_takes_images_by_one_rule(trained_run):
+    """uint8 is converted; floats outside [-1, 1] are refused naming range and dtype; floats with no
+    negative value ([0, 1] data?) are refused as ambiguous unless data_range says which they are."""
+    vae = jaxvae.load(trained_run)
+    u8 = vae.held_out(4, as_uint8=True)
+    x = vae.held_out(4)
+    assert u8.dtype == np.uint8 and x.dtype == np.float32 and x.min() >= -1 and x.max() <= 1
+    np.testing.assert_array_equal(x, data_lib.to_model_range(u8))
+    np.testing.assert_allclose(vae.encode(u8).mean, vae.encode(x).mean, atol=1e-6)
+    unit = (x + 1) / 2  # the same images in [0, 1]
+    with pytest.raises(ValueError, match=r"no value below 0 .* data_range='01' to convert"):
+        vae.encode(unit)
+    np.testing.assert_allclose(vae.encode(unit, data_range="01").mean, vae.encode(x).mean, atol=1e-5)
+    with pytest.raises(ValueError, match=r"x is float32 with values in \[.*\]: float images must be in \[-1, 1\] "
+                                         r"\(0..255 values\? pass them as uint8\)"):
+        vae.reconstruct(u8.astype(np.float32))
+    with pytest.raises(ValueError, match="no value below 0"):
+        jaxvae.evaluate(vae, unit, iw_samples=2)
+    r01 = jaxvae.evaluate(vae, unit, iw_samples=2, data_range="01")
+    assert r01["mse"]["mean"] == pytest.approx(jaxvae.evaluate(vae, u8, iw_samples=2)["mse"]["mean"], rel=1e-4)
+    out = jaxvae.to_uint8(vae.reconstruct(x))
+    assert out.dtype == np.uint8 and out.shape == (4, 16, 16, 3)
+
+
 def test_api_rejects_wrong_shapes(trained_run):
     vae = jaxvae.load(trained_run)
     with pytest.raises(ValueError, match=r"shape \(B, 16, 16, 3\)"):
@@ -83,6 +108,67 @@ def test_picture_commands_write_a_png_and_leave_the_run_alone(trained_run, tmp_p
     out = tmp_path / f"{command}.png"
     assert cli.main([command, str(trained_run), "--out", str(out)]) == 0
     assert Image.open(out).size[0] > 200
+    assert _snapshot(trained_run) == before
+
+
+WRITERS = {  # every command that writes, with flags that keep it fast, and its --out
+    "sample": ["--n", "2"], "reconstruct": ["--n", "2"], "interpolate": ["--steps", "3"],
+    "traverse": ["--top", "1", "--steps", "3"], "evaluate": ["--limit", "2", "--iw-samples", "2"], "report": [],
+}
+
+
+def _user_png(path: Path) -> Path:
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)  # the user's own picture: no jaxvae marker
+    return path
+
+
+@pytest.mark.parametrize("command", WRITERS)
+def test_a_user_file_survives_every_command_that_writes(capsys, trained_run, tmp_path, command):
+    """--out naming a user's file is refused in one line; the same --out naming what jaxvae wrote is
+    replaced, and the command says what it wrote and where."""
+    suffix = {"evaluate": ".json", "report": ".html"}.get(command, ".png")
+    user = tmp_path / f"mine{suffix}"
+    _user_png(user) if suffix == ".png" else user.write_text("{}" if suffix == ".json" else "<html></html>")
+    before = user.read_bytes()
+    argv = [command, str(trained_run), *WRITERS[command]]
+    assert "exists and was not written by jaxvae; it is not replaced" in _error(capsys, [*argv, "--out", str(user)])
+    assert user.read_bytes() == before
+    ours = tmp_path / f"ours{suffix}"
+    for _ in range(2):  # the second run replaces the first's output
+        assert cli.main([*argv, "--out", str(ours)]) == 0
+        printed = capsys.readouterr().out
+        assert "wrote " in printed and str(ours) in printed, printed
+    assert ours.is_file() and user.read_bytes() == before
+
+
+def test_show_data_and_prepare_and_train_leave_a_user_file_alone(capsys, tmp_path):
+    user = _user_png(tmp_path / "mine.png")
+    before = user.read_bytes()
+    err = _error(capsys, ["show-data", "--out", str(user), "--image-size", "16", "--count", "4"])
+    assert "exists and was not written by jaxvae" in err
+    assert "exists and is not a folder" in _error(capsys, ["prepare", "shapes", "--out", str(user), "--overwrite",
+                                                          "--image-size", "16"])
+    assert "exists and is not a folder" in _error(capsys, ["train", *MICRO_FLAGS, "--out", str(user), "--overwrite"])
+    assert user.read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["sample", "reconstruct", "interpolate", "traverse"])
+def test_picture_out_folders_and_runs(capsys, trained_run, tmp_path, command, monkeypatch):
+    """A trailing slash or an existing folder means "write inside it", under a name that is not a
+    run file's; a path inside a run (the default from `cd RUN`, too) is refused."""
+    argv = [command, str(trained_run), *WRITERS[command]]
+    picture = {"sample": "samples", "reconstruct": "reconstructions", "interpolate": "interpolation",
+               "traverse": "traversals"}[command]
+    expected = f"{trained_run.name}-{picture}.png"
+    before = _snapshot(trained_run)
+    assert cli.main([*argv, "--out", str(tmp_path / "new") + "/"]) == 0
+    assert f"to {tmp_path / 'new' / expected}" in capsys.readouterr().out
+    assert Image.open(tmp_path / "new" / expected).size[0] > 50
+    assert cli.main([*argv, "--out", str(tmp_path)]) == 0
+    assert (tmp_path / expected).is_file()
+    assert "is inside the run" in _error(capsys, [*argv, "--out", str(trained_run / f"{picture}.png")])
+    monkeypatch.chdir(trained_run)
+    assert "is inside the run" in _error(capsys, [command, ".", *WRITERS[command]])
     assert _snapshot(trained_run) == before
 
 
@@ -102,6 +188,13 @@ def _error(capsys, argv) -> str:
     (["--steps", "0"], "steps must be a positive integer"),
     (["--batch-size", "-3"], "batch_size must be a positive integer"),
     (["--beta", "-1"], "beta must be >= 0"),
+    # every float field must be finite (one rule, config.check_numbers), every int field in range
+    (["--lr", "inf"], "--lr must be a finite number, got inf"),
+    (["--beta", "inf"], "--beta must be a finite number, got inf"),
+    (["--free-bits", "inf"], "--free-bits must be a finite number, got inf"),
+    (["--decoder-std", "inf"], "--decoder-std must be a finite number, got inf"),
+    (["--val-fraction", "-inf"], "--val-fraction must be a finite number, got -inf"),
+    (["--seed", str(10**20)], "--seed 100000000000000000000 is out of range"),
 ])
 def test_bad_training_flags(capsys, tmp_path, flags, message):
     out = tmp_path / "never"
@@ -128,11 +221,71 @@ def test_overwrite_replaces_only_the_run(tmp_path):
     assert run_lib.read_json(out / "config.json")["seed"] == 3
 
 
+def test_train_out_is_never_a_user_file_or_folder(capsys, tmp_path):
+    """--out '' (the current directory), a user's file and a non-run folder are refused even with
+    --overwrite, before any data is read; everything of the user's survives."""
+    user_file = tmp_path / "f.txt"
+    user_file.write_text("data")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    assert "--out must not be empty" in _error(capsys, ["train", *MICRO_FLAGS, "--out", ""])
+    err = _error(capsys, ["train", *MICRO_FLAGS, "--out", str(user_file), "--overwrite"])
+    assert "exists and is not a folder; jaxvae does not replace it, even with --overwrite" in err
+    for flags in ([], ["--overwrite"]):
+        err = _error(capsys, ["train", *MICRO_FLAGS, "--out", str(folder), *flags])
+        assert "is a non-empty folder that is not a jaxvae run (it holds notes.txt)" in err
+    assert user_file.read_text() == "data" and os.listdir(folder) == ["notes.txt"]
+
+
 @pytest.mark.parametrize("command", ["sample", "reconstruct", "interpolate"])
 def test_missing_or_non_run_directories(capsys, tmp_path, command):
     assert "does not exist" in _error(capsys, [command, str(tmp_path / "nope"), "--out", str(tmp_path / "a.png")])
     (tmp_path / "empty").mkdir()
     assert "is not a jaxvae run" in _error(capsys, [command, str(tmp_path / "empty"), "--out", str(tmp_path / "a.png")])
+
+
+def test_non_finite_command_flags_are_one_line(capsys, trained_run, tmp_path):
+    """The same rule for every command's own arguments, before anything is read or written."""
+    before = _snapshot(trained_run)
+    for argv, message in [
+        (["evaluate", str(trained_run), "--memory-cap-mb", "nan"], "--memory-cap-mb must be a finite number, got nan"),
+        (["sample", str(trained_run), "--temperature", "inf", "--out", str(tmp_path / "s.png")],
+         "--temperature must be a finite number, got inf"),
+        (["traverse", str(trained_run), "--span", "-inf", "--out", str(tmp_path / "t.png")],
+         "--span must be a finite number, got -inf"),
+    ]:
+        assert message in _error(capsys, argv)
+    assert _snapshot(trained_run) == before and not list(tmp_path.iterdir())
+
+
+def test_long_work_is_estimated_and_refused_without_yes(capsys, trained_run, tmp_path):
+    """evaluate times a first device call and refuses a job estimated over an hour unless --yes;
+    sample caps --n at one grid's worth."""
+    # 2e9 decodes: ~50 h at the micro model's rate on a CPU here, far from the 1 h limit whatever the load
+    # (1e8 was measured at 1.5 to 2.5 h, close enough to the limit to run the job when the machine was idle)
+    err = _error(capsys, ["evaluate", str(trained_run), "--iw-samples", "2000000000", "--limit", "1"])
+    assert "this evaluation is 1 examples x 2,000,000,000 samples = 2e+09 decodes, about" in err
+    assert "pass --yes to run it, or lower --iw-samples or --limit" in err
+    err = _error(capsys, ["sample", str(trained_run), "--n", "100000", "--out", str(tmp_path / "s.png")])
+    assert f"--n 100000 is more than one PNG grid shows (at most {cli.MAX_SAMPLES})" in err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_long_device_call_with_one_line_and_130(trained_run):
+    """Ctrl-C while one jitted call runs for hours: one line, exit status 130, no traceback."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    p = subprocess.Popen([sys.executable, "-m", "jaxvae", "evaluate", str(trained_run), "--iw-samples", "100000000",
+                          "--limit", "1", "--yes"], stderr=subprocess.PIPE, text=True, env=env)
+    seen = [p.stderr.readline() for _ in range(1)]
+    while seen[-1] and "decodes, about" not in seen[-1]:  # printed just before the long call starts
+        seen.append(p.stderr.readline())
+    assert "decodes, about" in seen[-1], seen
+    p.send_signal(signal.SIGINT)
+    assert p.wait(timeout=120) == 130
+    rest = p.stderr.read()
+    assert rest.strip() == "jaxvae: interrupted" and "Traceback" not in rest
 
 
 def test_bad_picture_flags(capsys, trained_run, tmp_path):
@@ -162,6 +315,24 @@ def test_help_explains_every_command(name, capsys):
 def test_help_through_the_real_entry_point():
     r = jaxvae_cmd("train", "--help")
     assert r.returncode == 0 and "--posterior-scale" in r.stdout and "--ema" in r.stdout
+
+
+def _help(capsys, command: str) -> str:
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0
+    return " ".join(capsys.readouterr().out.split())  # rich wraps lines: compare words
+
+
+def test_help_names_positionals_and_shows_each_default_once(capsys):
+    for command in ("sample", "reconstruct", "interpolate", "traverse", "evaluate", "report"):
+        text = _help(capsys, command)
+        assert f"usage: jaxvae {command} [-h] " in text and "RUN Run directory. (required)" in text, text
+    assert "SRC The source: a folder" in _help(capsys, "prepare")
+    report = _help(capsys, "report")
+    assert report.count("(default: RUN/report.html)") == 1 and "(default: None)" not in report
+    assert "(default: ./NAME-samples.png, NAME the run folder's name)" in _help(capsys, "sample")
+    assert "--decoder-std FLOAT|per-dim|shared|fixed" in _help(capsys, "train")
 
 
 def test_unknown_command(capsys):

@@ -167,7 +167,7 @@ def test_prepare_command_through_tyro(tmp_path, capsys):
     args = tyro.cli(PrepareArgs, args=argv)
     assert run_prepare(args) == 0
     assert "jaxvae: wrote 3 images of 16x16x3" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="already exists and is not empty: choose another --out or pass"):
+    with pytest.raises(ConfigError, match="already holds a prepared cache: choose another --out or pass --overwrite"):
         run_prepare(args)
     assert run_prepare(tyro.cli(PrepareArgs, args=[str(src), "--out", str(tmp_path / "c"), "--image-size",
                                                   "16", "--channels", "1", "--overwrite", "--quiet"])) == 0
@@ -215,3 +215,27 @@ def test_show_data_writes_a_grid(tmp_path):
     assert grid.size == (4 * (64 + 2) + 2, 3 * (64 + 2) + 2)  # 4 x 3 cells of 16 px at 4x, 2 px gaps
     with pytest.raises(ConfigError, match="--out must name a .png file"):
         run_show_data(ShowDataArgs(out=str(tmp_path / "grid.jpg")))
+
+
+def test_overwrite_never_replaces_a_user_file_or_folder(tmp_path):
+    """--overwrite replaces only a cache: a user's file or non-empty folder survives, one line each."""
+    src = make_folder(tmp_path / "src", n=3)
+    user_file = tmp_path / "f.txt"
+    user_file.write_text("data")
+    with pytest.raises(ConfigError, match="exists and is not a folder; jaxvae does not replace it, even with"):
+        run_prepare(PrepareArgs(src=str(src), out=str(user_file), image_size=8, overwrite=True, quiet=True))
+    assert user_file.read_text() == "data"
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not a jaxvae cache .it holds notes.txt.; jaxvae does not replace it"):
+        run_prepare(PrepareArgs(src=str(src), out=str(folder), image_size=8, overwrite=True, quiet=True))
+    assert os.listdir(folder) == ["notes.txt"]
+    # a cache with a user's file inside is not only jaxvae's either
+    assert run_prepare(PrepareArgs(src=str(src), out=str(tmp_path / "c"), image_size=8, quiet=True)) == 0
+    (tmp_path / "c" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not a jaxvae cache"):
+        run_prepare(PrepareArgs(src=str(src), out=str(tmp_path / "c"), image_size=8, overwrite=True, quiet=True))
+    assert (tmp_path / "c" / "notes.txt").read_text() == "mine"
+    with pytest.raises(ConfigError, match="--out must not be empty"):
+        run_prepare(PrepareArgs(src=str(src), out="", image_size=8, quiet=True))

@@ -313,17 +313,17 @@ def test_bad_encode_and_export_inputs(capsys, trained_run, tmp_path):
     enc, a = ["encode", trained_run, "--data", data, "--out"], tmp_path / "a.npz"
     cases = [
         (enc + [kept], "already exists: pass --overwrite"),
-        (enc + [trained_run / "z.npz"], "inside the run directory"),
+        (enc + [trained_run / "z.npz"], "inside the run"),
         (["encode", trained_run, "--data", small, "--out", a], "shape (8, 8, 3), but the run takes (16, 16, 3)"),
         (["encode", trained_run, "--data", vectors, "--out", a],
          "vectors of shape (5,), but the run takes images of shape (16, 16, 3)"),
         (enc + [a, "--checkpoint", "best-ish"], "--checkpoint must be best, latest or a step number"),
         (enc + [a, "--checkpoint", "7"], "no checkpoint at step 7"),
         (enc + [a, "--what", "median"], "unknown --what 'median'"),
-        (enc + [tmp_path / "a.npy"], "must end in .npz"),
+        (enc + [tmp_path / "a.npy"], "must name a .npz file"),
         (["export", empty_run, "--out", tmp_path / "a.safetensors"], "no checkpoint in"),
         (["export", trained_run, "--out", kept_model], "already exists: pass --overwrite"),
-        (["export", trained_run, "--out", trained_run / "m.safetensors"], "inside the run directory"),
+        (["export", trained_run, "--out", trained_run / "m.safetensors"], "inside the run"),
     ]
     for args, message in cases:
         rc, err = _cli(capsys, *args)
@@ -334,13 +334,17 @@ def test_bad_encode_and_export_inputs(capsys, trained_run, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in sorted(trained_run.rglob("*"))} == before
 
 
-def test_overwrite_replaces_the_file(capsys, trained_run, tmp_path):
-    out = tmp_path / "z.npz"
-    out.write_bytes(b"old")
-    rc, err = _cli(capsys, "encode", trained_run, "--data", _npy(tmp_path, _images(5)), "--out", out, "--overwrite",
-                   "--quiet", "--checkpoint", "10")
-    assert rc == 0, err
+def test_overwrite_replaces_latents_but_never_a_users_file(capsys, trained_run, tmp_path):
+    out, data = tmp_path / "z.npz", _npy(tmp_path, _images(5))
+    for _ in range(2):  # the second time replaces the first's latents
+        rc, err = _cli(capsys, "encode", trained_run, "--data", data, "--out", out, "--overwrite", "--quiet",
+                       "--checkpoint", "10")
+        assert rc == 0, err
     assert _latents(out)["mean"].shape == (5, 4)
+    mine = tmp_path / "mine.npz"
+    mine.write_bytes(b"old")
+    rc, err = _cli(capsys, "encode", trained_run, "--data", data, "--out", mine, "--overwrite", "--quiet")
+    assert rc == 2 and "was not written by jaxvae" in err and mine.read_bytes() == b"old"
 
 
 def test_encode_vectors_with_the_runs_standardization(capsys, tmp_path):

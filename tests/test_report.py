@@ -8,6 +8,7 @@ import html
 import importlib.util
 import io
 import json
+import os
 import re
 import shutil
 import struct
@@ -271,3 +272,17 @@ def test_the_browser_check_catches_a_broken_page(chromium, tmp_path):
     assert any(p.startswith("request to http://127.0.0.1:9") for p in problems)
     assert any("does not decode: garbage" in p for p in problems)
     assert any("blank" in p for p in problems)
+
+
+def test_a_run_at_a_path_that_is_not_utf8_gets_its_report(tmp_path, capsys):
+    """Undecodable bytes in the run's path (kept as surrogates by os.fsdecode): the checkpoints are
+    read (TensorStore takes UTF-8 paths only), the report is written and named on stdout."""
+    from conftest import micro_config, untrained_run
+
+    run = Path(os.fsdecode(os.fsencode(str(tmp_path)) + b"/r\xff\xfeun"))
+    untrained_run(run, micro_config())
+    assert cli.main(["report", str(run)]) == 0
+    out, err = capsys.readouterr()
+    assert "wrote " in out and "report.html" in out and "damaged" not in err
+    text = (run / "report.html").read_text(encoding="utf-8")
+    assert "r\ufffd\ufffdun" in text and "Prior samples" in text

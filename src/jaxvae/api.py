@@ -6,6 +6,12 @@
     vae.reconstruct(x); vae.sample(16, seed=0, temperature=0.8)
     vae.sample(16, sampler="gmm")  # from RUN/samplers/gmm.json (jaxvae fit-sampler)
     vae.interpolate(x0, x1, steps=10, method="slerp")
+    x = vae.held_out(10)         # the run's own held-out images, float32 in [-1, 1]
+    jaxvae.to_uint8(vae.reconstruct(x))   # model outputs -> uint8 images in [0, 255]
+
+Images go in as uint8 [0, 255] (converted) or floats in [-1, 1]; float input with no negative value
+is refused as ambiguous unless data_range="01" (converted by x * 2 - 1) or "pm1" says which it is
+(data.as_model_images).
 
 Loading only reads the run: config.json and the parameters of one checkpoint, by default the best by
 validation loss (`checkpoint="latest"` or a step number pick another), their EMA when the run was
@@ -23,6 +29,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from jaxvae import data as data_lib
 from jaxvae import run as run_lib
 from jaxvae import sample as sample_lib
 from jaxvae.checkpoint import Checkpointer, parse_checkpoint
@@ -61,14 +68,25 @@ class TrainedVAE:
         c = self.config
         return (c.image_size, c.image_size, c.channels)
 
-    def _images(self, x, name: str = "x") -> np.ndarray:
-        x = np.asarray(x, np.float32)
+    def _images(self, x, name: str = "x", data_range: str = "") -> np.ndarray:
+        """NHWC images (or one HWC image) by data.as_model_images' rule: uint8 [0, 255] converted,
+        floats in [-1, 1] (or [0, 1] with data_range="01"); anything else raises ConfigError."""
+        x = np.asarray(x)
         if x.ndim == 3:
             x = x[None]
         if x.ndim != 4 or x.shape[1:] != self.image_shape:
             raise ValueError(f"{name} must be NHWC images of shape (B, {', '.join(map(str, self.image_shape))}) "
                              f"in [-1, 1]; got shape {x.shape}")
-        return x
+        return data_lib.as_model_images(x, data_range, name)
+
+    def held_out(self, n: int | None = None, *, as_uint8: bool = False) -> np.ndarray:
+        """The first n held-out examples of the run's own data (its validation split), as the model takes
+        them: images float32 (n, S, S, C) in [-1, 1] (uint8 [0, 255] with as_uint8), or vectors."""
+        ds = data_lib.load_dataset(self.config)
+        rows = np.asarray(ds.val[:n] if n is not None else ds.val)
+        if ds.kind == "vectors" or as_uint8:
+            return rows
+        return data_lib.to_model_range(rows)
 
     def _latents(self, z) -> np.ndarray:
         z = np.asarray(z, np.float32)
@@ -76,9 +94,9 @@ class TrainedVAE:
             raise ValueError(f"z must have shape (B, {self.config.z_dim}); got {z.shape}")
         return z
 
-    def encode(self, x) -> DiagonalGaussian:
-        """q(z|x) for images x: mean and log_std of shape (B, Z), as numpy."""
-        q = _encode(self.model, self._images(x))
+    def encode(self, x, data_range: str = "") -> DiagonalGaussian:
+        """q(z|x) for images x (uint8, or floats: see _images): mean and log_std of shape (B, Z), as numpy."""
+        q = _encode(self.model, self._images(x, data_range=data_range))
         return jax.tree.map(np.asarray, q)
 
     def decode(self, z) -> DiagonalGaussian:
@@ -86,8 +104,9 @@ class TrainedVAE:
         p = _decode(self.model, self._latents(z))
         return jax.tree.map(np.asarray, p)
 
-    def reconstruct(self, x) -> np.ndarray:
-        return sample_lib.reconstruct(self.model, self._images(x))
+    def reconstruct(self, x, data_range: str = "") -> np.ndarray:
+        """Decoder means at the posterior means, float32 in [-1, 1] (jaxvae.to_uint8 makes images of them)."""
+        return sample_lib.reconstruct(self.model, self._images(x, data_range=data_range))
 
     def sample(self, n: int, seed: int = 0, temperature: float = 1.0, sampler: str | None = None) -> np.ndarray:
         """n decoded draws of the prior, or with sampler="gmm" of the run's fitted sampler (jaxvae fit-sampler)."""
@@ -106,8 +125,8 @@ class TrainedVAE:
                   f"checkpoint {self.checkpoint_step}", file=sys.stderr, flush=True)
         return sample_lib.decode_mean(self.model, fitted.sample(n, seed, temperature))
 
-    def interpolate(self, x0, x1, steps: int = 10, method: str = "slerp") -> np.ndarray:
-        a, b = self._images(x0, "x0"), self._images(x1, "x1")
+    def interpolate(self, x0, x1, steps: int = 10, method: str = "slerp", data_range: str = "") -> np.ndarray:
+        a, b = self._images(x0, "x0", data_range), self._images(x1, "x1", data_range)
         if len(a) != 1 or len(b) != 1:
             raise ValueError("interpolate takes one image for x0 and one for x1")
         return sample_lib.interpolate(self.model, a[0], b[0], steps, method)

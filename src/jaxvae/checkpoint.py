@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import sys
 import time
@@ -87,9 +88,38 @@ def parse_checkpoint(value: str | int) -> str | int:
     raise RunError(f"--checkpoint must be best, latest or a step number, got {value!r}")
 
 
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+    """{"decoder.embed.kernel": shape, ...} of a parameter tree or of orbax's metadata of one."""
+    tree = getattr(tree, "tree", tree)  # orbax's tree metadata wraps the tree
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    names = (".".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path) for path, _ in leaves)
+    return {name.removesuffix(".value"): tuple(leaf.shape) for name, (_, leaf) in zip(names, leaves, strict=True)}
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _reason(e: BaseException) -> str:
     text = (getattr(e, "strerror", None) or str(e) or type(e).__name__).strip().splitlines()[0]
     return text[:300]
+
+
+class _Manager(ocp.CheckpointManager):
+    """Orbax's manager reads every step's metrics when it opens the directory; a step whose files
+    were overwritten with garbage would fail the opening itself (a UnicodeDecodeError deep in orbax).
+    Here its metrics read as missing, and restoring it fails in restore_latest_good, which names it
+    and falls back to the step before."""
+
+    def metrics(self, step: int):
+        try:
+            return super().metrics(step)
+        except Exception:  # garbage where JSON should be: the step is damaged, found on restore
+            return None
 
 
 class Checkpointer:
@@ -103,6 +133,9 @@ class Checkpointer:
     def __init__(self, run_dir: Path, keep: int = 3, read_only: bool = False):
         self.run_dir = Path(run_dir).absolute()
         self.directory = self.run_dir / CHECKPOINTS
+        self._alias_fd = None
+        if not _utf8(str(self.run_dir)):
+            self.directory = self._utf8_alias() / CHECKPOINTS
         self.read_only = read_only
         latest_and_best = policies.AnyPreservationPolicy([
             policies.LatestN(n=keep),
@@ -118,10 +151,19 @@ class Checkpointer:
             best_fn=lambda m: m["val_loss"], best_mode="min", save_root_metadata=not read_only,
             multiprocessing_options=ocp.options.MultiprocessingOptions(**alone))
         try:
-            self.manager = ocp.CheckpointManager(self.directory, options=options)
+            self.manager = _Manager(self.directory, options=options)
         except OSError as e:
             raise CheckpointSaveError(f"cannot use checkpoint directory {self.directory}: {_reason(e)}") from e
         self._pending: int | None = None  # step of a save that may still be in flight
+
+    def _utf8_alias(self) -> Path:
+        """TensorStore takes UTF-8 paths only: a run folder whose name is not UTF-8 (bytes kept as
+        surrogates by os.fsdecode) is reached through /proc/self/fd/N, an alias of an open descriptor."""
+        if not Path("/proc/self/fd").is_dir():
+            raise RunError(f"{self.run_dir} is not a UTF-8 path, which orbax cannot read or write here: "
+                           "rename the folder")
+        self._alias_fd = os.open(self.run_dir, os.O_RDONLY)
+        return Path(f"/proc/self/fd/{self._alias_fd}")
 
     # --- what is on disk --------------------------------------------------------------------
     def steps(self) -> list[int]:
@@ -229,16 +271,20 @@ class Checkpointer:
         out = self._restore_verified(step, items)
         return {**{k: out[k] for k in own}, **out["train"]}, dict(out["data"])
 
-    def restore_params(self, params_template, step: int | None = None, ema: bool = True):
-        """The parameters of checkpoint `step`; by default of the latest one that is not damaged.
-
-        With ema (the default) a checkpoint that holds an EMA of the parameters (--ema) gives the EMA:
-        the parameter set that inference, evaluation and export use. ema=False gives the raw ones.
-        """
+    def _params_restorer(self, params_template, ema: bool = True) -> Callable[[int], object]:
+        """step -> its parameters shaped like params_template: the EMA where the checkpoint holds one (--ema)
+        and ema is set, the parameter set that inference, evaluation and export use; else the raw ones."""
         def restore(s: int):
             name = "ema" if ema and (self.directory / str(s) / "ema").is_dir() else "params"
             return self._restore_verified(s, {name: ocp.args.StandardRestore(_abstract(params_template))})[name]
 
+        return restore
+
+    def restore_params(self, params_template, step: int | None = None, ema: bool = True):
+        """The parameters of checkpoint `step`; by default of the latest one that is not damaged.
+        ema: see _params_restorer."""
+        self.check_model(params_template)
+        restore = self._params_restorer(params_template, ema)
         if step is not None:
             return restore(step)
         step, params = self.restore_latest_good(restore)
@@ -254,7 +300,8 @@ class Checkpointer:
         falls back to the latest good one, with a warning.
         """
         which = parse_checkpoint(which)
-        items = {"params": ocp.args.StandardRestore(_abstract(params_template))}
+        self.check_model(params_template)
+        restore = self._params_restorer(params_template)
         steps = self.steps()
         if not steps:
             raise RunError(f"no checkpoint in {self.directory}: was the run interrupted before its first save?")
@@ -263,22 +310,41 @@ class Checkpointer:
                 raise RunError(f"no checkpoint at step {which} in {self.directory}: it has steps "
                                f"{', '.join(map(str, steps))}")
             try:
-                return which, f"step {which}", self._restore_verified(which, items)["params"]
+                return which, f"step {which}", restore(which)
             except Exception as e:
                 raise RunError(f"checkpoint {which} in {self.directory} is damaged: {_reason(e)}") from None
         how = "latest"
         best = self.manager.best_step() if which == "best" else None
         if best is not None:
             try:
-                return best, "best by validation loss", self._restore_verified(best, items)["params"]
+                return best, "best by validation loss", restore(best)
             except Exception as e:
                 warn(f"the best checkpoint {best} in {self.directory} is damaged: {_reason(e)}; "
                      "using the latest good one")
                 how = "latest; the best one is damaged"
         elif which == "best":
             how = "latest; no checkpoint has a validation loss"
-        step, params = self.restore_latest_good(lambda s: self._restore_verified(s, items)["params"])
+        step, params = self.restore_latest_good(restore)
         return step, how, params
+
+    def check_model(self, params_template) -> None:
+        """Raise RunError (one line, before any restore) when the newest readable checkpoint holds
+        parameters of other shapes than `params_template`: the run's config.json no longer describes
+        its checkpoints (edited by hand?). A damaged step is skipped here; restoring names it."""
+        for step in reversed(self.steps()):
+            try:
+                stored = _shapes(ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "params"))
+            except Exception:  # unreadable metadata: damage, which restore_latest_good reports
+                continue
+            wanted = _shapes(_abstract(params_template))
+            if stored == wanted:
+                return
+            diff = sorted(set(stored.items()) ^ set(wanted.items()))
+            name = diff[0][0]
+            raise RunError(f"the checkpoints in {self.directory} hold a different model than "
+                           f"{self.run_dir / 'config.json'} describes ({name}: saved {stored.get(name, 'absent')}, "
+                           f"config gives {wanted.get(name, 'absent')}); was config.json edited? Restore its model "
+                           "settings")
 
     def _restore_verified(self, step: int, items: dict) -> dict:
         has_digests = (self.directory / str(step) / "integrity").is_dir()
@@ -318,3 +384,6 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
+        if self._alias_fd is not None:
+            os.close(self._alias_fd)
+            self._alias_fd = None

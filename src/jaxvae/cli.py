@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -14,10 +16,23 @@ from typing import Annotated
 import numpy as np
 import tyro
 
-from jaxvae.config import Config, ConfigError, expand_decoder_std, preset
+from jaxvae.config import Config, ConfigError, expand_decoder_std, parse_args, preset
 from jaxvae.evaluate import run_evaluate
+from jaxvae.outputs import make_parent, output_file
 
 Positional = tyro.conf.Positional
+# The run positional shows as RUN in usage and help (not STR), in every command that reads a run.
+Run = Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
+
+
+def picture_out_flag(picture: str):
+    """A picture command's --out: None means NAME-<picture>.png (NAME: the run folder's name) right here."""
+    hint = f"(default: ./NAME-{picture}.png, NAME the run folder's name)"
+    return Annotated[str | None, tyro.conf.arg(metavar="FILE|DIR", help_behavior_hint=hint)]
+
+
+MAX_SAMPLES = 200  # one PNG grid: 20 rows of 10; more is a job for the Python API (vae.sample)
+MAX_COLUMNS = 100  # images in one row of a picture (reconstructions, interpolation steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +47,7 @@ class TrainArgs:
     out: str = "runs/default"
     """Run directory to create."""
     overwrite: bool = False
-    """Replace a run that already exists in --out."""
+    """Replace a run that already exists in --out (only its files; never a folder that is not a run)."""
     resume: str | None = None
     """Continue this run from its latest checkpoint (instead of --out); its config is the default."""
     quiet: bool = False
@@ -52,10 +67,10 @@ class SampleArgs:
     """Decode draws from the prior of a trained run (z ~ N(0, T^2 I) for the normal prior), or from a fitted
     sampler (--sampler gmm), into a PNG grid."""
 
-    run: Positional[str]
+    run: Run
     """Run directory, or a model file written by `jaxvae export`."""
-    out: str = "samples.png"
-    """PNG file to write."""
+    out: picture_out_flag("samples") = None
+    """PNG file to write, or a folder to write it into."""
     n: int = 20
     """Number of samples."""
     temperature: float = 1.0
@@ -72,10 +87,10 @@ class SampleArgs:
 class ReconstructArgs:
     """Reconstruct held-out images of the run's data: originals over reconstructions, with the MSE."""
 
-    run: Positional[str]
+    run: Run
     """Run directory, or a model file written by `jaxvae export`."""
-    out: str = "reconstructions.png"
-    """PNG file to write."""
+    out: picture_out_flag("reconstructions") = None
+    """PNG file to write, or a folder to write it into."""
     n: int = 10
     """Number of held-out images."""
     checkpoint: str = "best"
@@ -86,10 +101,10 @@ class ReconstructArgs:
 class InterpolateArgs:
     """Interpolate between two held-out images: a pixel-space row over a latent-space row."""
 
-    run: Positional[str]
+    run: Run
     """Run directory, or a model file written by `jaxvae export`."""
-    out: str = "interpolation.png"
-    """PNG file to write."""
+    out: picture_out_flag("interpolation") = None
+    """PNG file to write, or a folder to write it into."""
     steps: int = 10
     """Images per row."""
     method: str = "slerp"
@@ -219,17 +234,15 @@ def _load(run: str, checkpoint: str):
     return vae
 
 
-def _held_out(vae, n: int):
-    from jaxvae import data as data_lib
-
-    return data_lib.to_model_range(data_lib.load_dataset(vae.config).val[:n])
-
-
 def run_sample(argv: list[str]) -> int:
     from jaxvae import plots
 
     a = _parse(SampleArgs, argv, prog="sample")
     _positive(n=a.n)
+    if a.n > MAX_SAMPLES:
+        raise ConfigError(f"--n {a.n} is more than one PNG grid shows (at most {MAX_SAMPLES}): write several "
+                          "grids with different --seed values, or draw arrays with the Python API (vae.sample)")
+    out = picture_out(a.out, a.run, "samples")
     if a.sampler:  # refused before anything is read or written when there is none
         from jaxvae import run as run_lib
         from jaxvae import samplers
@@ -239,7 +252,8 @@ def run_sample(argv: list[str]) -> int:
     vae = _load(a.run, a.checkpoint)
     images = vae.sample(a.n, seed=a.seed, temperature=a.temperature, sampler=a.sampler or None)
     what = f"{a.sampler} sampler" if a.sampler else "prior"
-    plots.image_grid(images, _out(a.out), rows=max(1, a.n // 10), title=f"{what} samples, T = {a.temperature}")
+    plots.image_grid(images, make_parent(out), rows=max(1, a.n // 10), title=f"{what} samples, T = {a.temperature}")
+    print(f"wrote {a.n} {what} samples of {a.run} to {out}")
     return 0
 
 
@@ -248,10 +262,13 @@ def run_reconstruct(argv: list[str]) -> int:
 
     a = _parse(ReconstructArgs, argv, prog="reconstruct")
     _positive(n=a.n)
+    _at_most(MAX_COLUMNS, n=a.n)
+    out = picture_out(a.out, a.run, "reconstructions")
     vae = _load(a.run, a.checkpoint)
-    x = _held_out(vae, a.n)
-    recon = vae.reconstruct(x)
-    plots.reconstructions(x, recon, sample.pixel_mse(x, recon), _out(a.out))
+    x = vae.held_out(a.n)
+    recon = vae.reconstruct(x, data_range="pm1")
+    plots.reconstructions(x, recon, sample.pixel_mse(x, recon), make_parent(out))
+    print(f"wrote reconstructions of {len(x)} held-out images of {a.run} to {out}")
     return 0
 
 
@@ -260,15 +277,18 @@ def run_interpolate(argv: list[str]) -> int:
 
     a = _parse(InterpolateArgs, argv, prog="interpolate")
     _positive(steps=a.steps)
+    _at_most(MAX_COLUMNS, steps=a.steps)
     if a.method not in sample.INTERPOLATIONS:
         raise ConfigError(f"unknown method {a.method!r}: choose slerp or lerp")
+    out = picture_out(a.out, a.run, "interpolation")
     vae = _load(a.run, a.checkpoint)
-    x = _held_out(vae, max(a.first, a.second) + 1)
+    x = vae.held_out(max(a.first, a.second) + 1)
     if min(a.first, a.second) < 0 or max(a.first, a.second) >= len(x):
         raise ConfigError(f"--first/--second must index the {len(x)} held-out images")
-    latent = vae.interpolate(x[a.first], x[a.second], a.steps, a.method)
+    latent = vae.interpolate(x[a.first], x[a.second], a.steps, a.method, data_range="pm1")
     pixel = sample.interpolate_pixels(x[a.first], x[a.second], a.steps)
-    plots.interpolation(pixel, latent, _out(a.out), method=a.method)
+    plots.interpolation(pixel, latent, make_parent(out), method=a.method)
+    print(f"wrote the interpolation between held-out images {a.first} and {a.second} of {a.run} to {out}")
     return 0
 
 
@@ -320,7 +340,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
 
 
 def _parse(cls, argv: list[str], prog: str, default=None):
-    return tyro.cli(cls, args=argv, default=default, prog=f"jaxvae {prog}")
+    return parse_args(cls, argv, prog=f"jaxvae {prog}", default=default)
 
 
 def _preset_name(argv: list[str]) -> str:
@@ -343,11 +363,18 @@ def _positive(**values: int) -> None:
             raise ConfigError(f"--{name} must be positive, got {v}")
 
 
-def _out(path: str) -> Path:
-    out = Path(path)
-    if out.parent and not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-    return out
+def _at_most(limit: int, **values: int) -> None:
+    for name, v in values.items():
+        if v > limit:
+            raise ConfigError(f"--{name} {v} is more than one picture's row shows (at most {limit})")
+
+
+def picture_out(out: str | None, run: str, picture: str) -> Path:
+    """The PNG a picture command writes, checked before any work (outputs.output_file): --out, or
+    NAME-<picture>.png in the current folder or in the folder --out names; never inside a run."""
+    path = Path(run).resolve()
+    name = f"{(path.stem if path.is_file() else path.name) or 'run'}-{picture}.png"  # a run, or an exported file
+    return output_file(name if out is None else out, name)
 
 
 def usage() -> str:
@@ -357,7 +384,7 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv_given, argv = argv, sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2
@@ -365,6 +392,64 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"jaxvae: error: unknown command {name!r}\n{usage()}", file=sys.stderr)
         return 2
+    # stdout/stderr never fail on a path that is not UTF-8 (its undecodable bytes print as \xNN)
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    # train stops on Ctrl-C at the next step by itself, after saving (resilience.StopSignals)
+    with CtrlC(force=name != "train") as ctrl_c:
+        code = _run(name, rest, ctrl_c)
+    if argv_given is None and ctrl_c.force and ctrl_c.handled.is_set():
+        # interrupted as a program: a device call may still be running, and the interpreter's teardown
+        # would wait for it (or crash under it); everything is written or was never started
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+class CtrlC:
+    """Ctrl-C in every command: one line, exit status 130, within a second or two.
+
+    The first Ctrl-C raises KeyboardInterrupt in the main thread as usual, which _run turns into
+    one line. But Python runs that only between bytecodes, and a long jitted call (an IWAE bound
+    with a large K) does not return to Python for minutes. So the signal also wakes a watcher
+    thread (signal.set_wakeup_fd writes to a pipe from C, whatever the main thread is doing); if the
+    main thread has not handled it within GRACE_S, the watcher prints the line and ends the process.
+    Outputs are written to a temporary name and renamed, so nothing is left half-written.
+    """
+
+    GRACE_S = 1.5
+
+    def __init__(self, force: bool = True):
+        self.force = force and threading.current_thread() is threading.main_thread()
+        self.handled = threading.Event()
+
+    def __enter__(self) -> CtrlC:
+        if self.force:
+            self._read, write = os.pipe()
+            os.set_blocking(write, False)
+            self._write = write
+            self._old_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+            self._old_fd = signal.set_wakeup_fd(write)
+            threading.Thread(target=self._watch, daemon=True, name="jaxvae-ctrl-c").start()
+        return self
+
+    def _watch(self) -> None:
+        while data := os.read(self._read, 64):
+            if signal.SIGINT in data and not self.handled.wait(self.GRACE_S):
+                os.write(2, b"jaxvae: interrupted\n")
+                os._exit(130)
+        os.close(self._read)
+
+    def __exit__(self, *exc) -> None:
+        if self.force:
+            signal.set_wakeup_fd(self._old_fd)
+            signal.signal(signal.SIGINT, self._old_handler)
+            os.close(self._write)  # the watcher reads b"" and ends
+
+
+def _run(name: str, rest: list[str], ctrl_c: CtrlC) -> int:
     try:
         return COMMANDS[name][0](rest)
     except ConfigError as e:
@@ -375,8 +460,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"jaxvae: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # train saves first on SIGTERM/SIGINT and says how to resume
+        ctrl_c.handled.set()
         print(f"jaxvae: {e}" if str(e) else "jaxvae: interrupted", file=sys.stderr)
         return getattr(e, "exit_code", 130)
+    except MemoryError:
+        print(f"jaxvae: error: out of memory running `jaxvae {name}`: ask for less (fewer images, a smaller "
+              "--limit, --n or --iw-samples)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+import math
+from typing import Annotated, Any
 
+import tyro
 from PIL import ImageColor
 
 SCALE_PARAMETERIZATIONS = ("log_var", "log_std", "softplus")
@@ -97,7 +99,8 @@ class Config:
     """How the decoder's raw scale becomes sigma: log_var | log_std | softplus."""
     decoder_variance: str = "learned"
     """learned (per-pixel sigma from the decoder) | fixed (the MSE case, sigma = decoder_std)."""
-    decoder_std: float = 1.0
+    # the metavar shows that train's flag also takes the words of expand_decoder_std
+    decoder_std: Annotated[float, tyro.conf.arg(metavar="FLOAT|per-dim|shared|fixed")] = 1.0
     """The decoder's sigma when decoder_variance is fixed (train also takes --decoder-std per-dim|shared|fixed)."""
     # `--decoder-std per-dim|shared|fixed` (the shorthand, see expand_decoder_std) sets decoder_variance and
     # decoder_scale_sharing; a number keeps meaning this fixed sigma.
@@ -225,6 +228,7 @@ def check_data_options(*, image_size: int, channels: int, data_range: str = "", 
     """The data settings' checks, shared by `Config` and the `prepare` / `show-data` commands."""
     _check(isinstance(image_size, int) and image_size > 0,
            f"image_size must be a positive integer, got {image_size!r}")
+    _check(image_size <= MAX_IMAGE_SIZE, f"image_size {image_size} is over {MAX_IMAGE_SIZE} pixels a side")
     _check(channels in (1, 3), f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
     _check(data_range in ("", "01", "pm1"), f"unknown data_range {data_range!r}: choose 01 or pm1")
     _check(on_bad_image in ("skip", "error"), f"unknown on_bad_image {on_bad_image!r}: choose skip or error")
@@ -237,8 +241,41 @@ def check_data_options(*, image_size: int, channels: int, data_range: str = "", 
                           ) from None
 
 
+MAX_IMAGE_SIZE = 4096  # a side; beyond it one batch of images alone would not fit in memory
+# Integers beyond this are refused in every field (seeds, sizes, counts): JAX and NumPy take int64 at most,
+# and no size or count of a real run comes near it.
+MAX_INT = 2**31 - 1
+
+
+def check_numbers(obj) -> None:
+    """The one rule for the numbers of a Config and of every command's arguments (a dataclass):
+    every float field is finite (NaN and +-inf train as NaN or inf, or loop forever) and every int
+    field fits in MAX_INT. Raises ConfigError naming the flag."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if dataclasses.is_dataclass(value):
+            check_numbers(value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{flag} must be a finite number, got {value}")
+        elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            raise ConfigError(f"{flag} {value} is out of range (at most {MAX_INT:,} in size)")
+        elif isinstance(value, tuple):
+            for v in value:
+                if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_INT:
+                    raise ConfigError(f"{flag} {v} is out of range (at most {MAX_INT:,} in size)")
+
+
+def parse_args(cls, argv: list[str], prog: str, default=None):
+    """tyro-parse a command's arguments (a dataclass) and check their numbers (check_numbers)."""
+    args = tyro.cli(cls, args=argv, default=default, prog=prog)
+    check_numbers(args)
+    return args
+
+
 def validate(c: Config) -> None:
     """Raise ConfigError naming the first setting that cannot work."""
+    check_numbers(c)
     check_data_options(image_size=c.image_size, channels=c.channels, data_range=c.data_range,
                        background=c.background, on_bad_image=c.on_bad_image,
                        max_image_pixels=c.max_image_pixels)

@@ -108,5 +108,7 @@ def plot_kl_per_dim(r: dict, path: str | Path) -> None:
     ax.set_xlabel("latent dim (sorted by KL)")
     ax.set_ylabel("KL (nats)")
     ax.set_title(f"KL per latent dim: {r['active_units']} of {len(kl)} active (blue)")
-    fig.savefig(Path(path), dpi=100, bbox_inches="tight")
+    from jaxvae.outputs import PNG_METADATA
+
+    fig.savefig(Path(path), dpi=100, bbox_inches="tight", metadata=PNG_METADATA)
     plt.close(fig)

@@ -33,7 +33,6 @@ import numpy as np
 from flax import nnx
 
 from jaxvae import parallel
-from jaxvae import run as run_lib
 from jaxvae.config import Config, ConfigError
 
 WHAT = ("mean", "sample", "both")
@@ -258,19 +257,12 @@ def _progress(total: int, enabled: bool):
 # --- the output file ---------------------------------------------------------------------------
 
 def check_output(out: str | os.PathLike, overwrite: bool, suffix: str) -> Path:
-    """Refuse an output path before any work: wrong suffix, an existing file without overwrite, or a
-    place inside a run directory (commands that read a run never write into one)."""
-    path = Path(out)
-    if path.suffix != suffix:
-        raise ConfigError(f"--out {path} must end in {suffix}")
-    if path.is_dir():
-        raise ConfigError(f"--out {path} is a directory")
-    if path.exists() and not overwrite:
-        raise ConfigError(f"--out {path} already exists: pass --overwrite to replace it")
-    for parent in path.absolute().parents:
-        if run_lib.is_run(parent) and (parent / run_lib.META).is_file():
-            raise ConfigError(f"--out {path} is inside the run directory {parent}: write it elsewhere")
-    return path
+    """encode's and export's --out, by the one output policy (outputs.output_file): never inside a run,
+    an existing file only with --overwrite, and never a file that jaxvae did not write."""
+    from jaxvae.outputs import output_file
+
+    return output_file(out, f"latents{suffix}" if suffix == ".npz" else f"model{suffix}", suffixes=(suffix,),
+                       overwrite=overwrite)
 
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

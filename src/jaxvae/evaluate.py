@@ -41,7 +41,7 @@ import math
 import sys
 import time
 import types
-from pathlib import Path
+from typing import Annotated
 
 import dm_pix as pix
 import jax
@@ -51,11 +51,40 @@ import tyro
 from flax import nnx
 
 from jaxvae import diagnostics, losses, priors
-from jaxvae.config import Config, ConfigError
+from jaxvae.config import Config, ConfigError, parse_args
 from jaxvae.diagnostics import plot_kl_per_dim  # re-exported: evaluate()'s result is what it draws
 from jaxvae.distributions import DiagonalGaussian
+from jaxvae.outputs import make_parent, output_file
 
 DEFAULT_MEMORY_CAP_MB = 1024
+PROBE_ABOVE = 1_000_000  # decodes (N x K) above which `jaxvae evaluate` times a first call to estimate the job
+MAX_SECONDS = 3600.0  # `jaxvae evaluate` refuses an estimated job longer than this without --yes
+PROGRESS_EVERY_S = 30.0
+
+
+class Progress:
+    """A tqdm bar on stderr in a terminal; otherwise (a log file, CI) one line every PROGRESS_EVERY_S."""
+
+    def __init__(self, total: int, desc: str, unit: str, enabled: bool = True):
+        from tqdm import tqdm
+
+        self.total, self.desc, self.unit, self.done = total, desc, unit, 0
+        self.lines = enabled and not sys.stderr.isatty()
+        self.bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled or self.lines, file=sys.stderr)
+        self.t0 = self.last = time.perf_counter()
+
+    def update(self, k: int) -> None:
+        self.done += k
+        self.bar.update(k)
+        now = time.perf_counter()
+        if self.lines and now - self.last >= PROGRESS_EVERY_S and self.done < self.total:
+            left = (now - self.t0) / self.done * (self.total - self.done)
+            print(f"jaxvae {self.desc}: {self.done}/{self.total} {self.unit}s, {now - self.t0:.0f} s, "
+                  f"about {left:.0f} s left", file=sys.stderr, flush=True)
+            self.last = now
+
+    def close(self) -> None:
+        self.bar.close()
 # On a CPU a device call also stays under this (estimated) working set, so that it fits in cache:
 # measured on the 2-core CPU, tiny preset, K = 1000: 4.3 images/s at 32 decodes per call (25 MiB),
 # 3.3 at 63, 1.9 at 250 and 0.9 at 1000. Accelerators want large calls and get the cap alone.
@@ -255,19 +284,52 @@ def _bits_per_dim_note(c: Config, binary: bool) -> tuple[bool, str]:
                    "the 8-bit likelihood (it can look too good)")
 
 
+def estimate_seconds(vae, data, iw_samples: int = 100, *, config: Config | None = None,
+                     memory_cap_mb: float = DEFAULT_MEMORY_CAP_MB) -> tuple[float, float]:
+    """(decodes, seconds): the work of evaluate(vae, data, iw_samples), N x K decodes, and its time at
+    the rate of one timed device call on the first examples (after one that compiles it). Small jobs
+    (at most PROBE_ABOVE decodes) are not timed: seconds is 0."""
+    model, c = _unpack(vae, config)
+    n = len(data)
+    decodes = float(n) * iw_samples
+    if decodes <= PROBE_ABOVE:
+        return decodes, 0.0
+    cap_bytes = int(memory_cap_mb * 2**20)
+    call_bytes = min(cap_bytes, CPU_CALL_MB * 2**20) if jax.default_backend() == "cpu" else cap_bytes
+    plan = plan_chunks(iw_samples, n, bytes_per_sample(c), call_bytes)
+    probe = Plan(examples=plan.examples, samples=plan.samples, chunks=1)  # one chunk of one batch
+    rows = np.asarray(data[:probe.examples])
+    x = rows.astype(np.float32) / 127.5 - 1.0 if rows.dtype == np.uint8 else rows.astype(np.float32)
+    x = np.concatenate([x, np.repeat(x[-1:], probe.examples - len(x), axis=0)])
+    graphdef, params = nnx.split(model)
+    idx = np.arange(probe.examples, dtype=np.int32)
+    times = []
+    for _ in range(2):  # the first call compiles
+        t0 = time.perf_counter()
+        jax.block_until_ready(_evaluate_batch(graphdef, params, x, idx, jax.random.key(0), k=probe.samples,
+                                              plan=probe, dequantize=False, images=not c.data_dim))
+        times.append(time.perf_counter() - t0)
+    rate = probe.examples * probe.samples / max(times[-1], 1e-6)
+    return decodes, decodes / rate
+
+
 def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, seed: int = 0,
-             memory_cap_mb: float = DEFAULT_MEMORY_CAP_MB, per_example: bool = False) -> dict:
+             memory_cap_mb: float = DEFAULT_MEMORY_CAP_MB, per_example: bool = False,
+             progress: bool = False, data_range: str = "") -> dict:
     """Everything `jaxvae evaluate` reports, as a JSON-ready dict.
 
     Args:
       vae: a TrainedVAE (jaxvae.load) or a bare jaxvae VAE together with `config`.
       data: (N, S, S, C) uint8 images (bits/dim is reported only for these), or float arrays in the
         model's range: (N, S, S, C) images in [-1, 1] or (N, D) vectors as the model was trained on.
+        Float images with no negative value are refused as ambiguous ([0, 1] data read as [-1, 1]);
+        data_range="01" converts [0, 1] images (x * 2 - 1), "pm1" vouches for [-1, 1] (data.as_model_images).
       iw_samples: K, importance samples per example (K = 1: IWAE is the one-sample ELBO).
       seed: fixes every draw; results do not depend on memory_cap_mb.
       memory_cap_mb: the estimated activations of one device call stay under this (and, on a CPU,
         under CPU_CALL_MB too, which is faster).
       per_example: also return the (N,) values behind the means under "per_example".
+      progress: a progress bar on stderr in a terminal, else a line every PROGRESS_EVERY_S seconds.
     Returns: statistics {"mean", "se"} in nats per example for negative_elbo, reconstruction_nll,
       kl, iwae (the bound on log p(x)), iwae_minus_elbo; bits_per_dim(+_elbo) with their flags; mse
       (and psnr, ssim for images); active_units, latent_activity, kl_per_dim (sorted, with its
@@ -277,10 +339,14 @@ def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, 
     """
     model, c = _unpack(vae, config)
     data, eight_bit = _check_data(data, c)
+    if not c.data_dim and not eight_bit:  # float images: one rule for their range, as for vae.encode
+        from jaxvae.data import as_model_images
+
+        data = as_model_images(data, data_range, "data")
     if not isinstance(iw_samples, int) or iw_samples < 1:
         raise ConfigError(f"iw_samples must be a positive integer, got {iw_samples!r}")
-    if memory_cap_mb <= 0:
-        raise ConfigError(f"memory_cap_mb must be > 0, got {memory_cap_mb}")
+    if not (math.isfinite(memory_cap_mb) and memory_cap_mb > 0):  # NaN fails every comparison
+        raise ConfigError(f"memory_cap_mb must be a finite number > 0, got {memory_cap_mb}")
     n, images = len(data), not c.data_dim
     cap_bytes = int(memory_cap_mb * 2**20)
     call_bytes = min(cap_bytes, CPU_CALL_MB * 2**20) if jax.default_backend() == "cpu" else cap_bytes
@@ -292,6 +358,7 @@ def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, 
     t0 = time.perf_counter()
     parts: dict[str, list[np.ndarray]] = {}
     binary = True  # binarized models score binarized data
+    bar = Progress(n, "evaluate", "example", enabled=progress)
     for lo in range(0, n, plan.examples):
         rows = np.asarray(data[lo:lo + plan.examples])
         if eight_bit:
@@ -310,6 +377,8 @@ def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, 
                               dequantize=dequantize, images=images, binarize=c.binarize)
         for name, value in jax.device_get(out).items():
             parts.setdefault(name, []).append(np.asarray(value)[: plan.examples - pad])
+        bar.update(plan.examples - pad)
+    bar.close()
     per = {name: np.concatenate(chunks) for name, chunks in parts.items()}
     seconds = time.perf_counter() - t0
 
@@ -431,7 +500,7 @@ class EvaluateArgs:
     SSIM, active units, KL per latent dim and I_q(x; z). Prints a table; never writes into RUN
     (JSON only with --out, the KL chart only with --kl-plot or beside --out)."""
 
-    run: tyro.conf.Positional[str]
+    run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
     """Run directory."""
     data: str = ""
     """Evaluate every example of this data (any --data source) instead of a split of the run's own data."""
@@ -461,6 +530,8 @@ class EvaluateArgs:
     """Held-out samples (points) of each disentanglement metric: disentanglement_lib's 5000."""
     disentanglement_batch: int = 64
     """Observations behind each beta-VAE and FactorVAE point: disentanglement_lib's 64."""
+    yes: bool = False
+    """Run even when the estimated time (N examples x K decodes at a measured rate) is over an hour."""
 
 
 def evaluation_data(vae, a: EvaluateArgs):
@@ -528,38 +599,56 @@ def run_evaluate(argv: list[str]) -> int:
     import jaxvae
     from jaxvae import run as run_lib
 
-    a = tyro.cli(EvaluateArgs, args=argv, prog="jaxvae evaluate")
+    a = parse_args(EvaluateArgs, argv, prog="jaxvae evaluate")
     if a.limit < 0:
         raise ConfigError(f"--limit must be >= 0, got {a.limit}")
     for flag in ("disentanglement_train", "disentanglement_test", "disentanglement_batch"):
         if getattr(a, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(a, flag)}")
+    # the outputs are checked before any work: RUN/evaluation.json may be added, no run file replaced
+    out = output_file(a.out, "evaluation.json", into_run="not-run-files", suffixes=(".json",)) if a.out else None
+    kl_plot = (output_file(a.kl_plot, "kl_per_dim.png", flag="--kl-plot", into_run="not-run-files") if a.kl_plot
+               else output_file(str(out.with_suffix("")) + "_kl.png", "", into_run="not-run-files") if out else None)
     truth = None
     if a.disentanglement:  # data without factors is refused before any work
         truth = disentanglement_ground_truth(run_lib.open_run(a.run)[1], a.data)
     vae = jaxvae.load(a.run, checkpoint=a.checkpoint)  # only reads the run
     x = evaluation_data(vae, a)
-    result = evaluate(vae, x, iw_samples=a.iw_samples, seed=a.seed, memory_cap_mb=a.memory_cap_mb)
+    if a.iw_samples < 1:  # before the estimate, worded as evaluate() words it
+        raise ConfigError(f"iw_samples must be a positive integer, got {a.iw_samples}")
+    decodes, seconds = estimate_seconds(vae, x, a.iw_samples, memory_cap_mb=a.memory_cap_mb)
+    if seconds > MAX_SECONDS and not a.yes:
+        raise ConfigError(f"this evaluation is {len(x):,} examples x {a.iw_samples:,} samples = {decodes:.3g} decodes, "
+                          f"about {_duration(seconds)} at the rate just measured: pass --yes to run it, or lower "
+                          "--iw-samples or --limit")
+    if seconds > PROGRESS_EVERY_S:
+        print(f"jaxvae evaluate: {decodes:.3g} decodes, about {_duration(seconds)}", file=sys.stderr, flush=True)
+    result = evaluate(vae, x, iw_samples=a.iw_samples, seed=a.seed, memory_cap_mb=a.memory_cap_mb, progress=True)
     result.update(run=str(a.run), data=a.data or vae.config.data, split="all" if a.data else a.split,
                   checkpoint=f"{vae.checkpoint_step} ({vae.checkpoint_note})", checkpoint_step=vae.checkpoint_step)
     if truth is not None:
         result.update(disentanglement_scores(vae, truth, seed=a.seed, num_train=a.disentanglement_train,
                                              num_test=a.disentanglement_test, batch_size=a.disentanglement_batch))
-    kl_plot = a.kl_plot or (str(Path(a.out).with_suffix("")) + "_kl.png" if a.out else "")
-    for path in (a.out, kl_plot):
+    for path in (out, kl_plot):
         if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            make_parent(path)
     if kl_plot:
         plot_kl_per_dim(result, kl_plot)
-        result["kl_plot"] = kl_plot
-    if a.out:
-        run_lib.write_json(Path(a.out), result)
+        result["kl_plot"] = str(kl_plot)
+    if out:
+        run_lib.write_json(out, {**result, "jaxvae_version": run_lib.VERSION})  # the marker of a jaxvae file
     print(format_table(result, title=f"jaxvae evaluate {a.run} ({result['split']} of {result['data']})"))
-    if a.out:
-        print(f"wrote {a.out}" + (f" and {kl_plot}" if kl_plot else ""))
+    if out:
+        print(f"wrote {out}" + (f" and {kl_plot}" if kl_plot else ""))
     elif kl_plot:
         print(f"wrote {kl_plot}")
     return 0
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 class _CallableModule(types.ModuleType):

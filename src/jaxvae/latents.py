@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Annotated
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +26,9 @@ from flax import nnx
 
 from jaxvae import priors
 from jaxvae import sample as sample_lib
-from jaxvae.config import ConfigError
+from jaxvae.config import ConfigError, parse_args
 from jaxvae.distributions import DiagonalGaussian
+from jaxvae.outputs import make_parent, output_file
 
 SPAN = 3.0  # traversals sweep each dimension over [-SPAN, +SPAN] prior sigmas (the prior's sigma is 1)
 STEPS = 9  # images per traversal row: odd, so the middle column is z_d = 0, the prior's mean
@@ -173,10 +175,11 @@ class TraverseArgs:
     one latent dimension swept over [-span, +span] prior sigmas. By default the most active
     dimensions (largest mean KL over held-out images), largest first."""
 
-    run: tyro.conf.Positional[str]
+    run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
     """Run directory."""
-    out: str = "traversals.png"
-    """PNG file to write."""
+    out: Annotated[str | None, tyro.conf.arg(
+        metavar="FILE|DIR", help_behavior_hint="(default: ./NAME-traversals.png, NAME the run folder's name)")] = None
+    """PNG file to write, or a folder to write it into."""
     dims: tuple[int, ...] = ()
     """Latent dimensions to sweep, e.g. `--dims 3 7 12`; default: the --top most active."""
     top: int = TOP
@@ -198,13 +201,17 @@ def run_traverse(argv: list[str]) -> int:
     from jaxvae import run as run_lib
     from jaxvae.api import say_checkpoint
 
-    a = tyro.cli(TraverseArgs, args=argv, prog="jaxvae traverse")
+    a = parse_args(TraverseArgs, argv, prog="jaxvae traverse")
     for name in ("top", "steps"):
         if getattr(a, name) <= 0:
             raise ConfigError(f"--{name} must be positive, got {getattr(a, name)}")
+    if a.steps > 100:
+        raise ConfigError(f"--steps {a.steps} is more than one picture's row shows (at most 100)")
     if not a.span > 0:
         raise ConfigError(f"--span must be > 0, got {a.span}")
     _, config = run_lib.open_run(a.run)  # bad input is refused before the checkpoint is read
+    name = f"{Path(a.run).resolve().name or 'run'}-traversals.png"
+    out = output_file(name if a.out is None else a.out, name)  # never a user's file, never inside a run
     dims = check_dims(a.dims, config.z_dim) if a.dims else None
     val = data_lib.load_dataset(config).val
     if not 0 <= a.image < len(val):
@@ -215,7 +222,6 @@ def run_traverse(argv: list[str]) -> int:
     dims = dims or list(most_active(stats.kl, min(a.top, config.z_dim)))
     image = data_lib.to_model_range(val[a.image])
     images, values = traverse(vae.model, image, dims, a.steps, a.span)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    plots.traversal_grid(images, dims, values, out, kl=stats.kl)
+    plots.traversal_grid(images, dims, values, make_parent(out), kl=stats.kl)
+    print(f"wrote traversals of {len(dims)} latent dimensions of {a.run} to {out}")
     return 0

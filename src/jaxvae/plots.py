@@ -19,7 +19,9 @@ def _to_display(x: np.ndarray) -> np.ndarray:
 
 
 def _save(fig, path: Path) -> None:
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    from jaxvae.outputs import PNG_METADATA  # marks the file as jaxvae's: a rerun may replace it
+
+    fig.savefig(path, dpi=100, bbox_inches="tight", metadata=PNG_METADATA)
     plt.close(fig)
 
 

@@ -32,7 +32,8 @@ import numpy as np
 import tyro
 
 from jaxvae import run as run_lib
-from jaxvae.config import Config
+from jaxvae.config import Config, parse_args
+from jaxvae.outputs import HTML_GENERATOR, output_file
 
 REPORT = run_lib.REPORT
 TEMPERATURES = (0.5, 0.8, 1.0)
@@ -411,15 +412,16 @@ def build_report(run: str | os.PathLike) -> str:
         missing = f'<div class="missing"><strong>Missing from this run:</strong><ul>{items}</ul></div>'
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n{HTML_GENERATOR}\n'
             f"<title>jaxvae report: {html.escape(path.name or str(path))}</title>\n<style>{STYLE}</style></head>\n"
             f"<body>\n{head}\n{missing}\n" + "\n".join(page.sections) + "\n</body></html>\n")
 
 
 def write_report(run: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Write the report of `run` to `out` (default RUN/report.html) atomically; return its path."""
-    text = build_report(run)
-    out = Path(run) / REPORT if out is None else Path(out)
+    out = Path(run) / REPORT if out is None else output_file(out, REPORT, into_run="yes", suffixes=(".html", ".htm"))
+    # a path that is not UTF-8 (undecodable bytes kept as surrogates by os.fsdecode) shows as U+FFFD
+    text = build_report(run).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -435,14 +437,15 @@ class ReportArgs:
     interpolations, KL per dimension, latent traversals and evaluation results. One file, images
     inline, no network requests; open it in any browser. Works on partial runs too."""
 
-    run: tyro.conf.Positional[str]
+    run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
     """Run directory."""
-    out: Annotated[str | None, tyro.conf.arg(metavar="FILE")] = None
-    """HTML file to write (default: RUN/report.html)."""
+    out: Annotated[str | None, tyro.conf.arg(metavar="FILE|DIR",
+                                             help_behavior_hint="(default: RUN/report.html)")] = None
+    """HTML file to write (a folder: report.html inside it)."""
 
 
 def run_report(argv: list[str]) -> int:
-    a = tyro.cli(ReportArgs, args=argv, prog="jaxvae report")
+    a = parse_args(ReportArgs, argv, prog="jaxvae report")
     out = write_report(a.run, a.out)
     print(f"wrote {out}")
     return 0

@@ -102,6 +102,7 @@ def resume(ckpt: Checkpointer, run_dir: Path, c: Config, fresh: dict, batches, s
     if removed:  # on stderr even with --quiet: files were deleted
         print(f"jaxvae: note: removed {len(removed)} unfinished checkpoint(s) left by an interrupted save: "
               f"{', '.join(removed)}", file=sys.stderr, flush=True)
+    ckpt.check_model(fresh["params"])  # an edited config.json is not damage: refuse, move nothing aside
     step, restored = ckpt.restore_latest_good(lambda s: ckpt.restore(fresh, s),
                                               on_damaged=lambda s, _: ckpt.quarantine(s))
     if step is None:

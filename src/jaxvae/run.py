@@ -41,14 +41,12 @@ def is_run(path: Path) -> bool:
 
 
 def create(out: str | os.PathLike, config: Config, overwrite: bool = False) -> Path:
-    """Make `out` a fresh run for `config`; refuse to touch an existing run unless overwrite."""
+    """Make `out` a fresh run for `config`; refuse to touch an existing run unless overwrite, and anything
+    that is not a jaxvae run always (outputs.check_run_out)."""
+    from jaxvae.outputs import check_run_out  # the one --out policy (it imports this module)
+
+    existing = check_run_out(out, overwrite)  # refuses a user's file or folder even with overwrite
     path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise RunError(f"--out {path} exists and is not a directory")
-    existing = [name for name in RUN_FILES if (path / name).exists()]
-    if existing and not overwrite:
-        raise RunError(f"--out {path} already holds a run ({', '.join(existing)}); "
-                       "pass --overwrite to replace it or --resume to continue it")
     path.mkdir(parents=True, exist_ok=True)
     for name in existing:
         target = path / name

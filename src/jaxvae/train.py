@@ -37,6 +37,7 @@ from jaxvae.data import vectors
 from jaxvae.losses import binarize, dequantize
 from jaxvae.model import build
 from jaxvae.objectives import objective_loss
+from jaxvae.outputs import check_run_out
 from jaxvae.run import RunError
 from jaxvae.tensorboard import TensorBoard
 
@@ -175,6 +176,24 @@ def validation_metrics(eval_step, params, val: np.ndarray, c: Config, kind: str 
     return {f"val_{k}": float(v) for k, v in zip(VAL_KEYS, np.mean(totals, axis=0), strict=True)}
 
 
+def check_held_out(c: Config, dataset) -> None:
+    """Training needs held-out examples: the validation loss, the best checkpoint, the summary's MSE and
+    the pictures (an interpolation takes two images) come from them. Without any (--val-fraction 0)
+    or with one, refuse before training rather than fail after it; the message says what to pass."""
+    need = 1 if dataset.kind == "vectors" else 2
+    n_val, what = len(dataset.val), "example" if dataset.kind == "vectors" else "image"
+    if n_val >= need:
+        return
+    if c.val_data:
+        raise ConfigError(f"--val-data {c.val_data} holds {n_val} {what}(s): training needs at least {need} "
+                          "held-out (validation loss, best checkpoint, pictures)")
+    total = len(dataset.train) + n_val
+    hint = f"--val-fraction {math.ceil(100 * (need - 0.5) / total) / 100:g} gives {need}" if total > need else ""
+    raise ConfigError(f"--val-fraction {c.val_fraction:g} of {total} {what}s holds out {n_val}: training needs at "
+                      f"least {need} held-out (validation loss, best checkpoint, pictures); "
+                      + (f"{hint}, or give --val-data" if hint else "give more data"))
+
+
 def _progress(c: Config, quiet: bool):
     return tqdm(total=c.steps, disable=quiet or not sys.stderr.isatty(), dynamic_ncols=True, unit="step")
 
@@ -204,9 +223,12 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
     writer = parallel.is_writer()  # process 0 alone writes metrics, pictures and the report
     quiet = quiet or not writer
     say = (lambda *a, **k: None) if quiet else functools.partial(print, flush=True)
+    if not resume and writer:  # the --out policy before any data is read: never a user's file or folder
+        check_run_out(out, overwrite)
     tb = TensorBoard(tensorboard and writer)  # before anything is written: a missing tensorboardX fails here
     dataset = data_lib.load_dataset(c)
     c = resolve_dataset_size(c, dataset)
+    check_held_out(c, dataset)  # before anything is written or trained: the pictures need two
     mesh = parallel.data_mesh()  # every device of every process; the batch is sharded over them
     if dataset.kind == "vectors":
         batches = vectors.VectorBatches(dataset.train, c.batch_size, seed=c.seed, flip=c.flip)

@@ -107,6 +107,44 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+RANGE_TOLERANCE = 1e-3  # float images may overshoot [-1, 1] by rounding, not by a different convention
+
+
+def as_model_images(x, data_range: str = "", name: str = "x") -> np.ndarray:
+    """Images as the model takes them, float32 in [-1, 1], by one documented rule:
+
+      uint8             [0, 255], converted (to_model_range);
+      float, "pm1"      already [-1, 1];
+      float, "01"       [0, 1], converted by x * 2 - 1;
+      float, "" (auto)  [-1, 1], but an array with no negative value is refused as ambiguous: it reads
+                        the same as [0, 1] data, which would silently be taken for the wrong range.
+    Anything else (other dtypes, floats outside the range) raises ConfigError naming range and dtype.
+    """
+    x = np.asarray(x)
+    if data_range not in ("", "pm1", "01"):
+        raise ConfigError(f"unknown data_range {data_range!r}: choose 01 or pm1")
+    if x.dtype == np.uint8:
+        return to_model_range(x)
+    if x.dtype.kind != "f":
+        raise ConfigError(f"{name} has dtype {x.dtype}: give uint8 images in [0, 255] or float images in [-1, 1]")
+    x = x.astype(np.float32)
+    if x.size == 0 or not np.isfinite(x).all():
+        return x  # the caller's shape and NaN checks name these
+    lo, hi = float(x.min()), float(x.max())
+    low = 0.0 if data_range == "01" else -1.0
+    if lo < low - RANGE_TOLERANCE or hi > 1.0 + RANGE_TOLERANCE:
+        hint = " (0..255 values? pass them as uint8)" if hi > 2 else ""
+        raise ConfigError(f"{name} is {x.dtype} with values in [{lo:.3g}, {hi:.3g}]: float images must be in "
+                          f"[{low:g}, 1]{hint}")
+    if data_range == "01":
+        return x * 2.0 - 1.0
+    if data_range == "" and lo >= 0.0:
+        raise ConfigError(f"{name} is {x.dtype} with no value below 0 ([{lo:.3g}, {hi:.3g}]): float images are "
+                          "read as [-1, 1], and these look like [0, 1] data; pass data_range='01' to convert "
+                          "them (x * 2 - 1), or 'pm1' if they are [-1, 1], or uint8 images in [0, 255]")
+    return x
+
+
 def split(images: np.ndarray, val_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic held-out split: a seeded permutation, the last val_fraction held out.
 

@@ -15,12 +15,15 @@ from typing import Annotated
 
 import numpy as np
 import tyro
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
-from jaxvae.config import ConfigError, check_data_options
+from jaxvae.config import MAX_IMAGE_SIZE, ConfigError, check_data_options
 from jaxvae.data import DataOptions, load_images, sources
 from jaxvae.data.images import ImageSettings
 from jaxvae.data.prepare import current_umask, prepare_folder, write_array_cache
+from jaxvae.outputs import PNG_METADATA, output_file
+
+MAX_WORKERS = 256  # decoding processes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +51,7 @@ class PrepareArgs:
     workers: int = 0
     """Decoding processes (0: one per available core)."""
     overwrite: bool = False
-    """Replace --out if it already exists."""
+    """Replace --out if it holds a prepared cache (never a file or folder jaxvae did not write)."""
     quiet: bool = False
     """No progress bar."""
 
@@ -57,8 +60,8 @@ class PrepareArgs:
 class ShowDataArgs:
     """Write a grid of training images (the chapter's dataset figure) as a PNG."""
 
-    out: str
-    """The PNG file to write."""
+    out: Annotated[str, tyro.conf.arg(metavar="FILE|DIR")]
+    """The PNG file to write (a folder: data.png inside it)."""
     data: str = "shapes"
     """Any --data source (see `jaxvae train --help`)."""
     image_size: int = 64
@@ -89,8 +92,8 @@ def run_prepare(a: PrepareArgs) -> int:
     check_data_options(image_size=a.image_size, channels=a.channels, data_range=a.data_range,
                        background=a.background, on_bad_image=a.on_bad_image,
                        max_image_pixels=a.max_image_pixels)
-    if a.workers < 0:
-        raise ConfigError(f"workers must be >= 0, got {a.workers}")
+    if not 0 <= a.workers <= MAX_WORKERS:
+        raise ConfigError(f"workers must be in [0, {MAX_WORKERS}], got {a.workers}")
     src = sources.parse_source(a.src)
     if src.kind in ("folder", "celeba"):
         settings = ImageSettings(a.image_size, a.channels, a.background, a.max_image_pixels,
@@ -137,23 +140,27 @@ def run_show_data(a: ShowDataArgs) -> int:
                        max_image_pixels=a.max_image_pixels)
     if a.count <= 0 or a.scale < 0:
         raise ConfigError(f"count must be > 0 and scale >= 0, got count {a.count}, scale {a.scale}")
-    if not a.out.lower().endswith(".png"):
-        raise ConfigError(f"--out must name a .png file, got {a.out!r}")
+    if a.scale * a.image_size > MAX_IMAGE_SIZE:
+        raise ConfigError(f"--scale {a.scale} makes each image {a.scale * a.image_size} px, over {MAX_IMAGE_SIZE}")
+    out = output_file(a.out, "data.png")  # never a user's file, never inside a run
     options = DataOptions(**{f.name: getattr(a, f.name) for f in dataclasses.fields(DataOptions)})
     images = load_images(a.data, options)
     rows = np.sort(np.random.default_rng(a.seed).permutation(len(images))[:a.count])
     scale = a.scale or max(1, math.ceil(64 / a.image_size))
     grid = image_grid(np.asarray(images[rows]), scale)
-    folder = os.path.dirname(os.path.abspath(a.out))
+    folder = os.path.dirname(os.path.abspath(out))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)  # then rename: never a half-written PNG
     os.close(fd)
     try:
-        Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp)
+        info = PngImagePlugin.PngInfo()
+        for key, value in PNG_METADATA.items():
+            info.add_text(key, value)
+        Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp, pnginfo=info)
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would make the figure private
-        os.replace(tmp, a.out)
+        os.replace(tmp, out)
     except BaseException:
         os.unlink(tmp)
         raise
-    print(f"jaxvae: wrote a grid of {len(rows)} images from {a.data} to {a.out}", file=sys.stderr)
+    print(f"jaxvae: wrote a grid of {len(rows)} images from {a.data} to {out}", file=sys.stderr)
     return 0

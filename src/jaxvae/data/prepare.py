@@ -46,7 +46,7 @@ def fingerprint(root: str, files: list[FoundFile], skipped: list[tuple[str, str]
     """What a cache was built from: changes when a file is added, removed, resized or touched."""
     h = hashlib.sha256(json.dumps([os.path.realpath(root), dataclasses.asdict(s), skipped]).encode())
     for f in files:
-        h.update(f"{f.path}\0{f.size}\0{f.mtime_ns}\n".encode())
+        h.update(f"{f.path}\0{f.size}\0{f.mtime_ns}\n".encode("utf-8", "surrogateescape"))  # any file name
     return h.hexdigest()
 
 
@@ -59,9 +59,10 @@ def current_umask() -> int:
 @contextlib.contextmanager
 def atomic_dir(out: str, overwrite: bool) -> Iterator[str]:
     """Yield a temporary folder beside `out`; on success it replaces `out`, on error it is removed."""
+    from jaxvae.outputs import check_cache_out
+
+    check_cache_out(out, overwrite)  # only an empty folder or a cache is replaced, never a user's file
     out = os.path.abspath(out)
-    if os.path.exists(out) and not overwrite and (not os.path.isdir(out) or os.listdir(out)):
-        raise ConfigError(f"{out} already exists and is not empty: choose another --out or pass --overwrite")
     try:
         os.makedirs(os.path.dirname(out), exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=os.path.dirname(out))
