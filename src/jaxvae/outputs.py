@@ -41,13 +41,18 @@ def _listing(names: list[str], limit: int = 3) -> str:
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def check_run_out(out: str | os.PathLike, overwrite: bool, flag: str = "--out") -> list[str]:
-    """Refuse an `out` that `train` may not write; return the run files that --overwrite will replace."""
+def _folder_entries(out: str | os.PathLike, flag: str) -> tuple[Path, list[str]]:
+    """The folder an output flag names and what it holds ([] when new); never a file, even with --overwrite."""
     path = _given(out, flag)
     if path.exists() and not path.is_dir():
         raise RunError(f"{flag} {path} exists and is not a folder; jaxvae does not replace it, even with "
                        "--overwrite: choose another --out")
-    entries = os.listdir(path) if path.is_dir() else []
+    return path, os.listdir(path) if path.is_dir() else []
+
+
+def check_run_out(out: str | os.PathLike, overwrite: bool, flag: str = "--out") -> list[str]:
+    """Refuse an `out` that `train` may not write; return the run files that --overwrite will replace."""
+    path, entries = _folder_entries(out, flag)
     if not entries:
         return []
     ours = [name for name in entries if name in RUN_FILES or name.endswith(".tmp")]
@@ -66,11 +71,7 @@ def check_run_out(out: str | os.PathLike, overwrite: bool, flag: str = "--out") 
 
 def check_cache_out(out: str | os.PathLike, overwrite: bool, flag: str = "--out") -> None:
     """Refuse an `out` that `prepare` may not write: only a new or empty folder or a cache is replaced."""
-    path = _given(out, flag)
-    if path.exists() and not path.is_dir():
-        raise RunError(f"{flag} {path} exists and is not a folder; jaxvae does not replace it, even with "
-                       "--overwrite: choose another --out")
-    entries = os.listdir(path) if path.is_dir() else []
+    path, entries = _folder_entries(out, flag)
     if not entries:
         return
     if "manifest.json" not in entries or not set(entries) <= set(CACHE_FILES):
