@@ -35,7 +35,9 @@ def _snapshot(path: Path) -> dict:
 
 def test_train_through_the_real_entry_point_writes_every_file(tmp_path):
     out = tmp_path / "run"
-    r = jaxvae_cmd("train", "--preset", "tiny", *MICRO_FLAGS, "--out", str(out))
+    # the tiny preset's conv ResNet, shrunk: 16 px = patch 2 x 2^2 levels
+    r = jaxvae_cmd("train", "--preset", "tiny", *MICRO_FLAGS, "--patch-size", "2", "--channel-mults", "1,2",
+                   "--out", str(out))
     assert r.returncode == 0, r.stderr
     for name in RUN_FILES:
         assert (out / name).exists(), name
@@ -166,6 +168,7 @@ def test_picture_out_folders_and_runs(capsys, trained_run, tmp_path, command, mo
     assert Image.open(tmp_path / "new" / expected).size[0] > 50
     assert cli.main([*argv, "--out", str(tmp_path)]) == 0
     assert (tmp_path / expected).is_file()
+    capsys.readouterr()  # what the successful commands said (the checkpoint they used, what they wrote)
     assert "is inside the run" in _error(capsys, [*argv, "--out", str(trained_run / f"{picture}.png")])
     monkeypatch.chdir(trained_run)
     assert "is inside the run" in _error(capsys, [command, ".", *WRITERS[command]])
@@ -298,7 +301,8 @@ def test_bad_picture_flags(capsys, trained_run, tmp_path):
 HELP_FLAGS = {"train": ("--posterior-scale", "--beta", "--lr-schedule", "--warmup-steps", "--ema", "--early-stop"),
               "sample": ("--temperature",), "reconstruct": ("--n",), "interpolate": ("--method",),
               "prepare": ("--overwrite",), "show-data": ("--data",), "report": ("--out",), "traverse": ("--dims",),
-              "evaluate": ("--iw-samples",)}
+              "evaluate": ("--iw-samples", "--checkpoint", "--disentanglement"), "encode": ("--what",),
+              "export": ("--checkpoint",), "fit-sampler": ("--components",)}
 
 
 @pytest.mark.parametrize("name", list(cli.COMMANDS))
@@ -327,7 +331,7 @@ def _help(capsys, command: str) -> str:
 def test_help_names_positionals_and_shows_each_default_once(capsys):
     for command in ("sample", "reconstruct", "interpolate", "traverse", "evaluate", "report"):
         text = _help(capsys, command)
-        assert f"usage: jaxvae {command} [-h] " in text and "RUN Run directory. (required)" in text, text
+        assert f"usage: jaxvae {command} [-h] " in text and "RUN Run directory" in text and "(required)" in text, text
     assert "SRC The source: a folder" in _help(capsys, "prepare")
     report = _help(capsys, "report")
     assert report.count("(default: RUN/report.html)") == 1 and "(default: None)" not in report

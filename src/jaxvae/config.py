@@ -142,7 +142,8 @@ class Config:
     lr_schedule: str = "constant"
     """constant | cosine (optax.warmup_cosine_decay_schedule: from lr down to 0 at the last step)."""
     warmup_steps: int = 0
-    """Learning-rate warm-up: linear from 0 to lr over this many steps (0: none)."""
+    """Learning-rate warm-up: linear from 0 to lr over this many steps (0: none; at most half of a cosine
+    schedule's steps, so that `--steps` can be lowered without touching it)."""
     ema: float = 0.0
     """Decay of an exponential moving average of the parameters (e.g. 0.999; 0: off). When on, the EMA
     parameters are the ones validated, pictured, evaluated and loaded."""
@@ -329,8 +330,6 @@ def validate(c: Config) -> None:
     _check(c.lr_schedule in LR_SCHEDULES, f"unknown lr_schedule {c.lr_schedule!r}: choose constant or cosine")
     _check(isinstance(c.warmup_steps, int) and 0 <= c.warmup_steps,
            f"warmup_steps must be >= 0, got {c.warmup_steps!r}")
-    _check(not (c.lr_schedule == "cosine" and c.warmup_steps >= c.steps),
-           f"warmup_steps {c.warmup_steps} must be below steps {c.steps} for a cosine schedule")
     _check(0.0 <= c.ema < 1.0, f"ema must be in [0, 1) (0: off), got {c.ema}")
     _check(isinstance(c.early_stop, int) and c.early_stop >= 0,
            f"early_stop must be >= 0 evaluations (0: off), got {c.early_stop!r}")

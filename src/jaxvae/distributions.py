@@ -90,9 +90,13 @@ class DiagonalGaussian:
         return self.mean + temperature * self.std * eps
 
     def log_prob(self, x: jax.Array) -> jax.Array:
-        """Elementwise log N(x; mean, std^2) = -1/2 log 2pi - log std - (x - mean)^2 / (2 std^2)."""
-        z = (x - self.mean) * jnp.exp(-self.log_std)
-        return -_HALF_LOG_2PI - self.log_std - 0.5 * jnp.square(z)
+        """Elementwise log N(x; mean, std^2) = -1/2 log 2pi - log std - (x - mean)^2 / (2 std^2).
+
+        x may have more leading axes than the distribution (several z per posterior, or one z against
+        every component of a mixture): they broadcast explicitly, by NumPy's rules."""
+        x, mean, log_std = jnp.broadcast_arrays(x, self.mean, self.log_std)
+        z = (x - mean) * jnp.exp(-log_std)
+        return -_HALF_LOG_2PI - log_std - 0.5 * jnp.square(z)
 
     def kl_to_standard_normal(self) -> jax.Array:
         """Elementwise KL(N(mean, std^2) || N(0, 1)) = 1/2 (std^2 + mean^2 - 1 - log std^2)."""

@@ -45,7 +45,7 @@ def importance_log_weights(model, x: jax.Array, key: jax.Array, k: int, beta: fl
     """
     q: DiagonalGaussian = model.encode(x)
     b, z_dim = q.mean.shape
-    z = q.mean + q.std * jax.random.normal(key, (k, b, z_dim), q.mean.dtype)  # (K, B, Z)
+    z = q.mean[None] + q.std[None] * jax.random.normal(key, (k, b, z_dim), q.mean.dtype)  # (K, B, Z)
     p = model.decode(z.reshape(k * b, z_dim))
     x_k = jnp.broadcast_to(x.astype(jnp.float32), (k, *x.shape)).reshape(k * b, *x.shape[1:])
     nll = -jnp.sum(p.log_prob(x_k), axis=tuple(range(1, x.ndim))).reshape(k, b)  # (K, B)

@@ -47,8 +47,9 @@ VAL_IMAGES = 512  # validation loss is measured on (up to) this many fixed held-
 def lr_schedule(c: Config) -> float | optax.Schedule:
     """The learning rate by step: c.lr itself when constant without warm-up (as before schedules
     existed), else an optax schedule with a linear warm-up from 0 over c.warmup_steps."""
-    if c.lr_schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, c.lr, c.warmup_steps, decay_steps=c.steps, end_value=0.0)
+    if c.lr_schedule == "cosine":  # a warm-up longer than half the run is cut to that half
+        warmup = min(c.warmup_steps, c.steps // 2)
+        return optax.warmup_cosine_decay_schedule(0.0, c.lr, warmup, decay_steps=max(c.steps, 1), end_value=0.0)
     if c.warmup_steps:
         return optax.join_schedules([optax.linear_schedule(0.0, c.lr, c.warmup_steps),
                                      optax.constant_schedule(c.lr)], [c.warmup_steps])
