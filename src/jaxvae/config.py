@@ -377,11 +377,11 @@ TINY_TRANSFORMER = Config(
 )
 
 # `make demo`: the conv ResNet at CPU-demo size, tuned on `shapes` at the demo's budget (README, "Image
-# models"). Widths 16/32/64 at 16/8/4 px: on this CPU a narrow net at low resolution is what fits ~100 s.
-# A cosine decay from a higher peak lr reached a lower error in the same steps than a constant 1e-3
-# (0.0060 against 0.0068 MSE after 3000 steps, measured with benchmarks' curves on shapes).
+# models"). Widths 16/32/64 at 16/8/4 px: on this CPU a narrow net at low resolution is what fits. A cosine
+# decay from a higher peak lr reached a lower error in the same steps than a constant 1e-3 (0.0060 against
+# 0.0068 MSE after 3000 steps); 1800 steps keep the training near the transformer demo's ~2 minutes.
 TINY = TINY_TRANSFORMER.replace(arch="conv", hidden=16, channel_mults="1,2,4", patch_size=2, blocks=1,
-                                lr=3e-3, lr_schedule="cosine", warmup_steps=100, steps=3000)
+                                lr=3e-3, lr_schedule="cosine", warmup_steps=100, steps=1800)
 
 PRESETS: dict[str, Config] = {"seed": SEED, "tiny": TINY, "tiny-transformer": TINY_TRANSFORMER}
 
