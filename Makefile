@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test bench lint clean report-check
+.PHONY: venv demo test test-slow bench lint clean report-check
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,7 +25,11 @@ test: $(STAMP)
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
 		|| echo "chromium unavailable: browser test will skip"
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not slow"
+
+# The end-to-end runs (subprocesses, several devices, kill -9, whole trainings): CI runs them after `make test`.
+test-slow: $(STAMP)
+	$(BIN)/pytest -m slow
 
 # Open a run's report in headless Chromium: no failed or outside requests, every image decodes,
 # the page is not blank. `make report-check RUN=runs/demo` (rewrites RUN/report.html first).

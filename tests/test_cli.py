@@ -33,6 +33,7 @@ def _snapshot(path: Path) -> dict:
     return {p: p.stat().st_mtime_ns for p in sorted(path.rglob("*"))}
 
 
+@pytest.mark.slow
 def test_train_through_the_real_entry_point_writes_every_file(tmp_path):
     out = tmp_path / "run"
     # the tiny preset's conv ResNet, shrunk: 16 px = patch 2 x 2^2 levels
@@ -215,6 +216,7 @@ def test_existing_run_is_refused_without_overwrite(capsys, trained_run):
     assert _snapshot(trained_run) == before
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_only_the_run(tmp_path):
     out = tmp_path / "run"
     assert cli.main(["train", *MICRO_FLAGS, "--steps", "4", "--out", str(out)]) == 0

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 from test_cli import MICRO_FLAGS
 
@@ -11,6 +12,7 @@ from jaxvae import run as run_lib
 from jaxvae.data.shapes import make_shapes
 
 
+@pytest.mark.slow
 def test_train_on_a_folder_of_jpegs(tmp_path):
     folder = tmp_path / "photos" / "nested"
     folder.mkdir(parents=True)
@@ -30,6 +32,7 @@ def test_train_on_a_folder_of_jpegs(tmp_path):
     assert len(manifest["files"]) == manifest["count"] == 48
 
 
+@pytest.mark.slow
 def test_a_tiny_folder_is_checked_before_training(tmp_path, capsys):
     """20 images at --val-fraction 0.05 hold out one: the pictures need two, so training is refused
     up front (it used to crash after training), saying which fraction works; that one trains."""

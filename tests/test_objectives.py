@@ -108,6 +108,7 @@ def test_iwae_weights_are_log_px_under_the_true_posterior():
     np.testing.assert_allclose(float(loss), -log_px.mean(), atol=2e-4)
 
 
+@pytest.mark.slow
 def test_iwae_bound_rises_toward_log_px_with_k_for_a_poor_encoder():
     rng = np.random.default_rng(1)
     w, mu, sigma = _ppca(rng, orthogonal=False)

@@ -92,6 +92,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_four_devices_give_the_loss_of_one():
     args = {"config": MICRO, "steps": STEPS}
     proc = subprocess.run([sys.executable, "-c", WORKER, json.dumps(args)], env=_env(4), capture_output=True,

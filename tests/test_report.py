@@ -28,7 +28,7 @@ TINY = Config(image_size=8, patch_size=4, hidden=32, depth=1, heads=2, mlp_ratio
               batch_size=16, steps=6, log_every=2, eval_every=3, ckpt_every=6)
 HAS_TENSORBOARDX = importlib.util.find_spec("tensorboardX") is not None
 SECTIONS = ("Run summary", "Config", "Loss curves", "The data", "Reconstructions", "Prior samples",
-            "Interpolation", "KL per latent dimension", "Latent traversals")
+            "Interpolation", "KL per latent dimension", "Latent traversals", "Evaluation")
 
 
 class FakeTTY(io.StringIO):

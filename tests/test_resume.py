@@ -175,6 +175,7 @@ def test_extending_a_finished_run_at_an_epoch_boundary_is_bitwise_equal(referenc
     assert final_digests(run, 24) == final_digests(reference, 24)
 
 
+@pytest.mark.slow
 def test_a_run_with_ema_resumes_bitwise_equal(tmp_path, monkeypatch):
     """The EMA of the parameters is checkpointed (an item of its own, with its digest) and continues
     exactly: SIGTERM at step 7 and a resume end where an uninterrupted run ends."""
@@ -232,6 +233,7 @@ def test_early_stop_keeps_the_best_checkpoint_and_a_resume_can_go_on(tmp_path, m
     assert [r["step"] for r in run_lib.read_metrics(run)] == list(range(1, 25))
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_steps_in_subprocesses_then_resume(reference, tmp_path):
     kill_at = [random.randint(1, 20) for _ in range(3)]
     runs = [tmp_path / f"kill{i}" for i in range(3)]

@@ -48,6 +48,7 @@ def _run_steps(c, batches):
     return state, history
 
 
+@pytest.mark.slow
 def test_same_seed_same_run_other_seed_other_run():
     c = micro_config()
     batches = [_batch(c, 16, seed=i) for i in range(3)]
@@ -68,6 +69,7 @@ def test_overfits_one_small_batch():
     assert last < first - 0.5 * abs(first), (first, last)
 
 
+@pytest.mark.slow
 def test_step_noise_depends_on_the_step_count():
     """fold_in(key, step): two consecutive steps on the same batch draw different noise."""
     c = micro_config(lr=1e-12)
@@ -81,6 +83,7 @@ def test_step_noise_depends_on_the_step_count():
     assert abs(want[0] - want[1]) > 1e-3 * abs(want[0])
 
 
+@pytest.mark.slow
 def test_gradient_reaches_every_parameter():
     c = micro_config()
     graphdef, params = nnx.split(build(c))
