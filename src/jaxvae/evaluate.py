@@ -50,7 +50,7 @@ import numpy as np
 import tyro
 from flax import nnx
 
-from jaxvae import diagnostics, losses, priors
+from jaxvae import diagnostics, likelihoods, losses, priors
 from jaxvae.config import Config, ConfigError, parse_args
 from jaxvae.diagnostics import plot_kl_per_dim  # re-exported: evaluate()'s result is what it draws
 from jaxvae.distributions import DiagonalGaussian
@@ -118,15 +118,17 @@ def bytes_per_sample(c: Config) -> int:
         t, h = c.num_patches, c.hidden
         acts = t * h * (4 + 2 * c.mlp_ratio) + 2 * c.heads * t * t
     elif c.arch == "conv":  # the widest level's activations, a few at a time (a block keeps ~4 live)
-        from jaxvae.conv import widths
+        from jaxvae.conv import fine_channels, widths
 
         acts = max(4 * (c.image_size // c.patch_size // 2**lvl) ** 2 * w for lvl, w in enumerate(widths(c)))
+        acts += 2 * c.image_size**2 * fine_channels(c) if c.patch_size > 1 else 0  # the full-resolution stage
     elif c.arch == "mlp":
         acts = 4 * c.hidden
     else:
         acts = 0
     prior = 2 * c.pseudo_inputs * c.z_dim if c.prior == "vamp" else 0  # log q(z|u_k) for every component
-    return 2 * 4 * (acts + 6 * d_out + 4 * c.z_dim + prior)
+    k = likelihoods.values_per_output(c)  # the decoder's values per data value (3K for a logistic mixture)
+    return 2 * 4 * (acts + (4 + k) * d_out + 4 * c.z_dim + prior)
 
 
 def plan_chunks(k: int, n: int, sample_bytes: int, cap_bytes: int) -> Plan:
