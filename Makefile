@@ -29,7 +29,7 @@ test: $(STAMP)
 
 # The end-to-end runs (subprocesses, several devices, kill -9, whole trainings): CI runs them after `make test`.
 test-slow: $(STAMP)
-	$(BIN)/pytest -m slow
+	$(BIN)/pytest -m slow $(PYTEST_ARGS)
 
 # Open a run's report in headless Chromium: no failed or outside requests, every image decodes,
 # the page is not blank. `make report-check RUN=runs/demo` (rewrites RUN/report.html first).
