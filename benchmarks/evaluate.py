@@ -18,7 +18,7 @@ import jax
 import jaxvae
 from jaxvae import data as data_lib
 from jaxvae.config import TINY
-from jaxvae.evaluate import bytes_per_sample, evaluate
+from jaxvae.evaluation import bytes_per_sample, evaluate
 from jaxvae.model import build, count_params
 
 

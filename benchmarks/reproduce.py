@@ -66,7 +66,7 @@ def run_one(name: str, data: str, out: Path, steps: int, iw_samples: int, test_l
 
     import jaxvae
     from jaxvae import data as data_lib
-    from jaxvae.evaluate import evaluate
+    from jaxvae.evaluation import evaluate
     from jaxvae.train import train
 
     c = Config(**BACKBONE, **MODELS[name], data=f"mnist:{data}", steps=steps, seed=seed,

@@ -18,20 +18,21 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from jaxvae import cli, evaluate, latents, report
+from jaxvae import cli
+from jaxvae.cli import data, evaluate, pictures, report
+from jaxvae.cli.train import TrainArgs
 from jaxvae.config import Config
-from jaxvae.data import commands
 
 ARGS = {  # command -> (its arguments' dataclass, the flags that keep an accepted run small)
-    "train": (cli.TrainArgs, []),
-    "sample": (cli.SampleArgs, ["--n", "2"]),
-    "reconstruct": (cli.ReconstructArgs, ["--n", "2"]),
-    "interpolate": (cli.InterpolateArgs, ["--steps", "3"]),
-    "traverse": (latents.TraverseArgs, ["--top", "1", "--steps", "3"]),
+    "train": (TrainArgs, []),
+    "sample": (pictures.SampleArgs, ["--n", "2"]),
+    "reconstruct": (pictures.ReconstructArgs, ["--n", "2"]),
+    "interpolate": (pictures.InterpolateArgs, ["--steps", "3"]),
+    "traverse": (pictures.TraverseArgs, ["--top", "1", "--steps", "3"]),
     "evaluate": (evaluate.EvaluateArgs, ["--limit", "2", "--iw-samples", "2"]),
     "report": (report.ReportArgs, []),
-    "prepare": (commands.PrepareArgs, ["--image-size", "8"]),
-    "show-data": (commands.ShowDataArgs, ["--image-size", "8", "--count", "4"]),
+    "prepare": (data.PrepareArgs, ["--image-size", "8"]),
+    "show-data": (data.ShowDataArgs, ["--image-size", "8", "--count", "4"]),
 }
 NUMBERS = ["nan", "inf", "-inf", "0", "-1", "-0.5", "1e308", "2147483647", "2147483648", str(10**30), ""]
 PATHS = ["", " ", ".", "nonexistent", "nonexistent/", "/nonexistent/deep/x.png", "RUN", "RUN/", "RUN/x.png",

@@ -15,6 +15,7 @@ import jaxvae
 from jaxvae import cli
 from jaxvae import data as data_lib
 from jaxvae import run as run_lib
+from jaxvae.cli.common import MAX_SAMPLES
 
 MICRO_FLAGS = ["--image-size", "16", "--patch-size", "4", "--hidden", "32", "--depth", "1", "--heads", "2",
                "--mlp-ratio", "2", "--z-dim", "4", "--batch-size", "16", "--steps", "12", "--log-every", "4",
@@ -273,7 +274,7 @@ def test_long_work_is_estimated_and_refused_without_yes(capsys, trained_run, tmp
     assert "this evaluation is 1 examples x 2,000,000,000 samples = 2e+09 decodes, about" in err
     assert "pass --yes to run it, or lower --iw-samples or --limit" in err
     err = _error(capsys, ["sample", str(trained_run), "--n", "100000", "--out", str(tmp_path / "s.png")])
-    assert f"--n 100000 is more than one PNG grid shows (at most {cli.MAX_SAMPLES})" in err
+    assert f"--n 100000 is more than one PNG grid shows (at most {MAX_SAMPLES})" in err
     assert not list(tmp_path.iterdir())
 
 
@@ -344,3 +345,57 @@ def test_help_names_positionals_and_shows_each_default_once(capsys):
 def test_unknown_command(capsys):
     assert cli.main(["fly"]) == 2
     assert "unknown command 'fly'" in capsys.readouterr().err
+
+
+CTRL_C_IN_GC = """
+import gc, os, signal, sys, time
+from jaxvae.cli.ctrl_c import CtrlC
+fired = []
+def cb(phase, info):  # like JAX's _xla_gc_callback: the signal lands while it runs
+    if not fired:
+        fired.append(1)
+        os.kill(os.getpid(), signal.SIGINT)
+        sum(range(10000))
+gc.callbacks.append(cb)
+with CtrlC() as c:
+    try:
+        gc.collect()
+        time.sleep(5)
+        print("not interrupted", file=sys.stderr)
+    except KeyboardInterrupt:
+        c.handled.set()
+        print("caught", file=sys.stderr)
+"""
+
+
+def test_ctrl_c_inside_a_gc_callback_is_not_dropped():
+    """Raised inside a gc callback, KeyboardInterrupt would print 'Exception ignored' and a traceback and
+    be lost; the handler sends it again from outside, so the main thread still gets it, in one piece."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    p = subprocess.run([sys.executable, "-c", CTRL_C_IN_GC], capture_output=True, text=True, env=env, timeout=60)
+    assert (p.returncode, p.stderr.strip()) == (0, "caught")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "RUN", "--n", "nan"], "Error parsing --n: invalid literal for int() with base 10: 'nan' "
+                                      "(see jaxvae sample --help)"),
+    (["train", "--z-dm", "4"], "Unrecognized options: --z-dm, 4; perhaps you meant: --z-dim INT"),
+    (["encode"], "Missing from jaxvae encode: RUN, --data STR (see jaxvae encode --help)"),
+    (["train", "--arch"], "Missing value for argument '--arch'"),
+    (["evaluate", "RUN", "--iw-samples", "1.5"], "Error parsing --iw-samples"),
+])
+def test_parse_errors_are_one_line(capsys, argv, message):
+    """tyro draws its parse errors as a box of ten lines; each command says them in one."""
+    assert message in _error(capsys, argv)
+
+
+@pytest.mark.parametrize("name", list(cli.COMMANDS))
+def test_help_imports_no_jax(name):
+    """`jaxvae COMMAND --help` answers without importing JAX (seconds on a laptop)."""
+    code = ("import sys\nfrom jaxvae.cli import main\ntry:\n    main([sys.argv[1], '--help'])\n"
+            "except SystemExit as e:\n    assert e.code == 0\n"
+            "assert 'jax' not in sys.modules and 'jaxvae.api' not in sys.modules\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    p = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert f"usage: jaxvae {name}" in p.stdout

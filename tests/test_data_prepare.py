@@ -9,11 +9,11 @@ import pytest
 import tyro
 from PIL import Image
 
+from jaxvae.cli.data import PrepareArgs, ShowDataArgs, run_prepare, run_show_data
 from jaxvae.config import ConfigError
 from jaxvae.data import DataOptions, load_images
 from jaxvae.data import decode_worker as dw
 from jaxvae.data import prepare as prep
-from jaxvae.data.commands import PrepareArgs, ShowDataArgs, run_prepare, run_show_data
 from jaxvae.data.images import ImageSettings, decode_image
 from jaxvae.data.prepare import ensure_cache, open_cache, prepare_folder
 

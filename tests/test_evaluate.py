@@ -14,8 +14,8 @@ from conftest import untrained_run
 import jaxvae
 from jaxvae import cli, sample
 from jaxvae.config import Config, ConfigError
-from jaxvae.diagnostics import mutual_information
-from jaxvae.evaluate import Plan, bytes_per_sample, evaluate, format_table, plan_chunks, plot_kl_per_dim
+from jaxvae.diagnostics import mutual_information, plot_kl_per_dim
+from jaxvae.evaluation import Plan, bytes_per_sample, evaluate, format_table, plan_chunks
 from jaxvae.model import build
 
 # A transformer small enough to decode 5000 samples per image quickly on a CPU.

@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 from jaxvae.config import Config
-from jaxvae.evaluate import evaluate
+from jaxvae.evaluation import evaluate
 from jaxvae.losses import vae_loss
 from jaxvae.model import build
 

@@ -295,7 +295,7 @@ def test_evaluate_reports_the_latent_scale():
     mean = np.asarray(model.encode(x).mean, np.float64)
     assert r["latent_std"] == pytest.approx(np.std(mean), rel=1e-5)
     assert r["latent_scale"] == pytest.approx(1 / np.std(mean), rel=1e-5)
-    assert "latent_scale = 1/std" in jaxvae.evaluate.format_table(r)
+    assert "latent_scale = 1/std" in jaxvae.format_table(r)
 
 
 # --- bad input: one line, exit 2, nothing written or overwritten --------------------------------

@@ -147,7 +147,7 @@ def test_logistic_head_values_and_config_refusals():
 
 def test_evaluate_reports_valid_bits_per_dim_without_dequantization():
     """A discrete likelihood's NLL is already in nats per 8-bit image: bits/dim = NLL / (D ln 2), no offset."""
-    from jaxvae.evaluate import evaluate
+    from jaxvae.evaluation import evaluate
 
     c = micro_config(likelihood="logistic", mixtures=2)
     images = np.random.default_rng(3).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)

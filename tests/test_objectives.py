@@ -13,7 +13,7 @@ from test_evaluate_linear import exact_log_px, linear_config, optimal_encoder, s
 from jaxvae import cli, losses
 from jaxvae import data as data_lib
 from jaxvae.config import ConfigError
-from jaxvae.evaluate import evaluate
+from jaxvae.evaluation import evaluate
 from jaxvae.losses import negative_elbo_terms, vae_loss
 from jaxvae.model import build
 from jaxvae.objectives import (

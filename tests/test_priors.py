@@ -12,7 +12,7 @@ from test_objectives import MICRO_FLAGS, _error
 
 from jaxvae import latents, losses, sample
 from jaxvae.config import Config
-from jaxvae.evaluate import evaluate
+from jaxvae.evaluation import evaluate
 from jaxvae.model import build
 from jaxvae.priors import StandardNormal, VampPrior
 

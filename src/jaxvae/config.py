@@ -242,6 +242,15 @@ def check_data_options(*, image_size: int, channels: int, data_range: str = "", 
                           ) from None
 
 
+# Latent traversals (latents.traverse, `jaxvae traverse`, the report): each row sweeps one dimension over
+# [-SPAN, +SPAN] prior sigmas in STEPS images (odd: the middle column is the prior's mean), for the TOP
+# most active dimensions by default. Here, not in latents.py, so that `jaxvae traverse --help` needs no JAX.
+TRAVERSAL_SPAN = 3.0
+TRAVERSAL_STEPS = 9
+TRAVERSAL_TOP = 8
+
+# `evaluate`'s default upper bound on the activations of one device call, in MiB (evaluation.plan_chunks)
+EVALUATE_MEMORY_CAP_MB = 1024.0
 MAX_IMAGE_SIZE = 4096  # a side; beyond it one batch of images alone would not fit in memory
 # Integers beyond this are refused in every field (seeds, sizes, counts): JAX and NumPy take int64 at most,
 # and no size or count of a real run comes near it.

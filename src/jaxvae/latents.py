@@ -15,24 +15,17 @@ its std; for N(0, I) both are as above.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
-from typing import Annotated
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tyro
 from flax import nnx
 
 from jaxvae import priors
 from jaxvae import sample as sample_lib
-from jaxvae.config import ConfigError, parse_args
+from jaxvae.config import TRAVERSAL_SPAN, TRAVERSAL_STEPS, ConfigError
 from jaxvae.distributions import DiagonalGaussian
-from jaxvae.outputs import make_parent, output_file
 
-SPAN = 3.0  # traversals sweep each dimension over [-SPAN, +SPAN] prior sigmas (the prior's sigma is 1)
-STEPS = 9  # images per traversal row: odd, so the middle column is z_d = 0, the prior's mean
-TOP = 8  # traversals show this many of the most active dimensions by default
 HELD_OUT = 512  # images the KL per dimension is averaged over
 ACTIVE_VARIANCE = 0.01  # Burda et al. (2016): dimension d is active when Var_x E_q[z_d|x] > 0.01
 
@@ -140,7 +133,8 @@ def traversal_latents(z0: np.ndarray, dims, values: np.ndarray, center: np.ndarr
     return z
 
 
-def traverse(model, x: np.ndarray, dims, steps: int = STEPS, span: float = SPAN) -> tuple[np.ndarray, np.ndarray]:
+def traverse(model, x: np.ndarray, dims, steps: int = TRAVERSAL_STEPS,
+             span: float = TRAVERSAL_SPAN) -> tuple[np.ndarray, np.ndarray]:
     """Decode traversals of `dims` around one image's posterior mean.
 
     Args:
@@ -165,63 +159,3 @@ def check_dims(dims, z_dim: int) -> list[int]:
     if len(set(dims)) != len(dims):
         raise ConfigError(f"--dims {list(dims)} repeats a dimension")
     return list(dims)
-
-
-# --- `jaxvae traverse` ---------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class TraverseArgs:
-    """Latent traversals of a trained run: each row decodes one held-out image's posterior mean with
-    one latent dimension swept over [-span, +span] prior sigmas. By default the most active
-    dimensions (largest mean KL over held-out images), largest first."""
-
-    run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
-    """Run directory."""
-    out: Annotated[str | None, tyro.conf.arg(
-        metavar="FILE|DIR", help_behavior_hint="(default: ./NAME-traversals.png, NAME the run folder's name)")] = None
-    """PNG file to write, or a folder to write it into."""
-    dims: tuple[int, ...] = ()
-    """Latent dimensions to sweep, e.g. `--dims 3 7 12`; default: the --top most active."""
-    top: int = TOP
-    """How many of the most active dimensions when --dims is not given."""
-    steps: int = STEPS
-    """Images per row."""
-    span: float = SPAN
-    """Sweep [-span, +span] prior sigmas."""
-    image: int = 0
-    """Index of the held-out image whose posterior mean the other dimensions keep."""
-    checkpoint: str = "best"
-    """Which checkpoint: best (by validation loss) | latest | a step number."""
-
-
-def run_traverse(argv: list[str]) -> int:
-    import jaxvae
-    from jaxvae import data as data_lib
-    from jaxvae import plots
-    from jaxvae import run as run_lib
-    from jaxvae.api import say_checkpoint
-
-    a = parse_args(TraverseArgs, argv, prog="jaxvae traverse")
-    for name in ("top", "steps"):
-        if getattr(a, name) <= 0:
-            raise ConfigError(f"--{name} must be positive, got {getattr(a, name)}")
-    if a.steps > 100:
-        raise ConfigError(f"--steps {a.steps} is more than one picture's row shows (at most 100)")
-    if not a.span > 0:
-        raise ConfigError(f"--span must be > 0, got {a.span}")
-    _, config = run_lib.open_run(a.run)  # bad input is refused before the checkpoint is read
-    name = f"{Path(a.run).resolve().name or 'run'}-traversals.png"
-    out = output_file(name if a.out is None else a.out, name)  # never a user's file, never inside a run
-    dims = check_dims(a.dims, config.z_dim) if a.dims else None
-    val = data_lib.load_dataset(config).val
-    if not 0 <= a.image < len(val):
-        raise ConfigError(f"--image must index the {len(val)} held-out images, got {a.image}")
-    vae = jaxvae.load(a.run, checkpoint=a.checkpoint)
-    say_checkpoint(vae)
-    stats = latent_stats(vae.model, data_lib.to_model_range(val[:HELD_OUT]))
-    dims = dims or list(most_active(stats.kl, min(a.top, config.z_dim)))
-    image = data_lib.to_model_range(val[a.image])
-    images, values = traverse(vae.model, image, dims, a.steps, a.span)
-    plots.traversal_grid(images, dims, values, make_parent(out), kl=stats.kl)
-    print(f"wrote traversals of {len(dims)} latent dimensions of {a.run} to {out}")
-    return 0

@@ -26,13 +26,11 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
-import tyro
 
 from jaxvae import run as run_lib
-from jaxvae.config import Config, parse_args
+from jaxvae.config import TRAVERSAL_SPAN, TRAVERSAL_STEPS, TRAVERSAL_TOP, Config
 from jaxvae.outputs import HTML_GENERATOR, output_file
 
 REPORT = run_lib.REPORT
@@ -243,8 +241,8 @@ def _pictures(page: Page, config: Config, model, step: int, val: np.ndarray) -> 
     if len(val):
         mean, log_std = latents.posterior(model, val)
         stats = latents.LatentStats.of(mean, log_std, model)
-        top = latents.most_active(stats.kl, min(latents.TOP, config.z_dim))
-        values = np.linspace(-latents.SPAN, latents.SPAN, latents.STEPS)
+        top = latents.most_active(stats.kl, min(TRAVERSAL_TOP, config.z_dim))
+        values = np.linspace(-TRAVERSAL_SPAN, TRAVERSAL_SPAN, TRAVERSAL_STEPS)
         wanted["reconstruction"] = mean[:PER_ROW].astype(np.float32)
         wanted["traversal"] = latents.traversal_latents(mean[0], top, values, *latents.prior_moments(model)
                                                         ).reshape(-1, config.z_dim)
@@ -427,26 +425,3 @@ def write_report(run: str | os.PathLike, out: str | os.PathLike | None = None) -
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, out)
     return out
-
-
-# --- `jaxvae report` -------------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class ReportArgs:
-    """Write a run's self-contained HTML report: config, summary, curves, reconstructions, samples,
-    interpolations, KL per dimension, latent traversals and evaluation results. One file, images
-    inline, no network requests; open it in any browser. Works on partial runs too."""
-
-    run: Annotated[str, tyro.conf.Positional, tyro.conf.arg(metavar="RUN")]
-    """Run directory."""
-    out: Annotated[str | None, tyro.conf.arg(metavar="FILE|DIR",
-                                             help_behavior_hint="(default: RUN/report.html)")] = None
-    """HTML file to write (a folder: report.html inside it)."""
-
-
-def run_report(argv: list[str]) -> int:
-    a = parse_args(ReportArgs, argv, prog="jaxvae report")
-    out = write_report(a.run, a.out)
-    print(f"wrote {out}")
-    return 0
-

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import tyro
 from flax import nnx
 
 from jaxvae import priors
@@ -153,29 +152,6 @@ def load_sampler(run_dir: str | Path, kind: str = "gmm") -> GMMSampler:
         raise RunError(f"{path} is not a readable {kind} sampler: {e}") from None
 
 
-# --- `jaxvae fit-sampler` ---------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class FitSamplerArgs:
-    """Fit a sampler to a trained run's latent codes and write it to RUN/samplers/<kind>.json (atomically;
-    the only file it writes). `jaxvae sample RUN --sampler <kind>` then draws from it."""
-
-    run: tyro.conf.Positional[str]
-    """Run directory."""
-    kind: str = "gmm"
-    """gmm: a Gaussian mixture fitted to the training split's posterior means."""
-    components: int = 10
-    """Mixture components K."""
-    covariance: str = "full"
-    """Component covariances: full | diag."""
-    checkpoint: str = "best"
-    """Which checkpoint's encoder: best (by validation loss) | latest | a step number."""
-    limit: int = 0
-    """Fit to at most this many training examples (0: all)."""
-    seed: int = 0
-    """Seed of the mixture's initialisation (and of a dynamic binarization of the data)."""
-
-
 def model_inputs(c, rows: np.ndarray, kind: str, seed: int) -> np.ndarray:
     """Data rows as the model sees them: [-1, 1] images (binarized as the model was trained) or vectors."""
     from jaxvae import data as data_lib
@@ -187,36 +163,3 @@ def model_inputs(c, rows: np.ndarray, kind: str, seed: int) -> np.ndarray:
     if c.binarize:
         x = np.asarray(losses.binarize(x, c.binarize, jax.random.key(seed)))
     return x
-
-
-def run_fit_sampler(argv: list[str]) -> int:
-    import jaxvae
-    from jaxvae import data as data_lib
-    from jaxvae.api import say_checkpoint
-
-    a = tyro.cli(FitSamplerArgs, args=argv, prog="jaxvae fit-sampler")
-    if a.kind not in KINDS:
-        raise ConfigError(f"unknown --kind {a.kind!r}: choose one of {', '.join(KINDS)}")
-    if a.components < 1:
-        raise ConfigError(f"--components must be positive, got {a.components}")
-    if a.limit < 0:
-        raise ConfigError(f"--limit must be >= 0, got {a.limit}")
-    if a.covariance not in ("full", "diag"):
-        raise ConfigError(f"unknown --covariance {a.covariance!r}: choose full or diag")
-    vae = jaxvae.load(a.run, checkpoint=a.checkpoint)  # refuses a run without a checkpoint; reads only
-    say_checkpoint(vae)
-    dataset = data_lib.load_dataset(vae.config)
-    train = dataset.train[: a.limit] if a.limit else dataset.train
-    held = dataset.val
-    if len(held) == 0:  # no validation split: hold out the last tenth of the training rows instead
-        cut = max(1, len(train) // 10)
-        train, held = train[:-cut], train[-cut:]
-    if len(train) == 0:
-        raise ConfigError(f"{vae.config.data} has too few examples to fit a sampler")
-    fitted = fit_sampler(vae, model_inputs(vae.config, np.asarray(train), dataset.kind, a.seed),
-                         model_inputs(vae.config, np.asarray(held), dataset.kind, a.seed + 1),
-                         a.components, a.seed, a.covariance)
-    path = save_sampler(vae.run_dir, fitted, a.kind)
-    print(f"wrote {path}: held-out latent log-likelihood {fitted.heldout_loglik_sampler:.3f} nats under the "
-          f"sampler, {fitted.heldout_loglik_prior:.3f} under the prior")
-    return 0

@@ -1,7 +1,6 @@
-"""The data commands, `jaxvae prepare` and `jaxvae show-data`: tyro-parsable args and run functions.
+"""The data commands, `jaxvae prepare` and `jaxvae show-data`.
 
-The CLI module wires them as subcommands; each run function returns an exit code and raises
-ConfigError (printed as one line) for bad input.
+Each run function returns an exit code and raises ConfigError (printed as one line) for bad input.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import numpy as np
 import tyro
 from PIL import Image, PngImagePlugin
 
+from jaxvae.cli.common import parse
 from jaxvae.config import MAX_IMAGE_SIZE, ConfigError, check_data_options
 from jaxvae.data import DataOptions, load_images, sources
 from jaxvae.data.images import ImageSettings
@@ -164,3 +164,11 @@ def run_show_data(a: ShowDataArgs) -> int:
         raise
     print(f"jaxvae: wrote a grid of {len(rows)} images from {a.data} to {out}", file=sys.stderr)
     return 0
+
+
+def prepare(argv: list[str]) -> int:
+    return run_prepare(parse(PrepareArgs, argv, prog="prepare"))
+
+
+def show_data(argv: list[str]) -> int:
+    return run_show_data(parse(ShowDataArgs, argv, prog="show-data"))
