@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-PARAMETERIZATIONS = ("log_var", "log_std", "softplus")
+from jaxvae.config import SCALE_PARAMETERIZATIONS as PARAMETERIZATIONS  # the names --posterior-scale takes
 
 # softplus(raw) underflows towards 0 for very negative raw; the floor keeps sigma >= 1e-4 so
 # log sigma >= -9.2 and 1/sigma^2 <= 1e8 stay finite in float32.

@@ -41,7 +41,6 @@ from jaxvae.data.factors import FactorData
 
 FACTOR_NAMES = ("shape", "scale", "orientation", "pos_x", "pos_y")
 FACTOR_SIZES = (3, 6, 40, 32, 32)
-SHAPE_NAMES = ("square", "ellipse", "heart")
 SIZE = 64  # dSprites' own image side
 COUNT = math.prod(FACTOR_SIZES)  # 737,280
 RADIUS = 0.25  # a sprite at scale 1 fits a disc of this radius (fraction of the image side)

@@ -25,7 +25,6 @@ import numpy as np
 
 from jaxvae.data.factors import FactorData
 
-SHAPE_NAMES = ("square", "ellipse", "triangle")
 FACTOR_NAMES = ("shape", "scale", "angle", "x", "y")
 FACTOR_SIZES = (3, 6, 10, 8, 8)
 _SUPERSAMPLE = 4
