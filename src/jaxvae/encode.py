@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from jaxvae import parallel
+from jaxvae.atomic import atomic_path
 from jaxvae.config import Config, ConfigError
 
 WHAT = ("mean", "sample", "both")
@@ -267,11 +268,5 @@ def check_output(out: str | os.PathLike, overwrite: bool, suffix: str) -> Path:
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write an uncompressed .npz atomically: a crash leaves the old file (or none), never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)

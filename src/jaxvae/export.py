@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxvae.atomic import atomic_path
 from jaxvae.checkpoint import digest
 from jaxvae.config import Config
 from jaxvae.model import build
@@ -79,15 +80,9 @@ def save(vae, out: str | os.PathLike, *, latent_scale: float | None, latent_scal
         "checkpoint": checkpoint,
     }
     metadata["sha256"] = _checksum(tensors.values(), metadata)
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
+    with atomic_path(out) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(out)
 
 
 def _checksum(values, metadata: dict[str, str]) -> str:

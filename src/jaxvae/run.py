@@ -19,6 +19,7 @@ import os
 import shutil
 from pathlib import Path
 
+from jaxvae.atomic import write_text
 from jaxvae.config import Config, ConfigError
 
 FORMAT = 2  # 2: the decoder's likelihood head owns its scale parameters (likelihoods.py)
@@ -82,9 +83,7 @@ def open_run(run: str | os.PathLike) -> tuple[Path, Config]:
 
 def write_json(path: Path, obj) -> None:
     """Write atomically: a reader sees the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: Path):
@@ -117,9 +116,7 @@ def truncate_metrics(path: Path, step: int) -> int:
         return 0
     lines = file.read_text().splitlines()
     kept = [line for line in lines if (rec := _parse_record(line)) is not None and rec.get("step", 0) <= step]
-    tmp = file.with_name(file.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, file)
+    write_text(file, "".join(line + "\n" for line in kept))
     return len(lines) - len(kept)
 
 
