@@ -321,6 +321,7 @@ def test_disk_full_during_a_save_stops_cleanly_and_the_run_resumes(reference, tm
     assert err.count("\n") == 1, err  # one line, no traceback
     assert err.startswith(f"jaxvae: error: could not write checkpoint 10 in {run / 'checkpoints'}: "
                           "No space left on device; earlier checkpoints are intact (steps 0, 5)")
+    assert err.endswith(f"; once fixed, continue with `jaxvae train --resume {run.absolute()}`\n")
     monkeypatch.setattr(json_checkpoint_handler.JsonCheckpointHandler, "_save_fn", real_write)
     assert jaxvae.load(run).sample(1).shape == (1, 8, 8, 3)
     train_lib.train(MICRO, run, quiet=True, resume=True)

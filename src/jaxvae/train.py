@@ -250,84 +250,83 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
     state, step, record = fresh, 0, {}
     stopper = EarlyStop(c.early_stop)
     measure = None  # (time, step) where the rate for the time estimate starts: after the compiling step
-    try:
-        with resilience.StopSignals() as stop:
-            if resume:
-                state, step = resilience.resume(ckpt, run_dir, c, fresh, batches, say)
-                state = parallel.replicate(state, mesh)
-                records = run_lib.read_metrics(run_dir)
-                record = (records or [{}])[-1]
-                stopper.replay(records, ckpt.steps())
-                bar.update(step)
-            start_step = step
-            if ckpt.latest_step() is None:  # step 0 is the first good checkpoint: a resume and rollback target
-                ckpt.save(0, state, batches.get_state())
-            while step < c.steps:
-                state, metrics = train_step(state, next(batches))
-                step += 1
-                window_steps += 1
-                if compile_s is None:  # the first step traces and compiles: time it apart
-                    jax.block_until_ready(metrics)
-                    compile_s = time.perf_counter() - window_t
-                    window_t, window_steps = time.perf_counter(), 0
-                    measure = (window_t, step)
-                elif measure is not None and (step - measure[1] >= ESTIMATE_STEPS
-                                              or time.perf_counter() - measure[0] >= ESTIMATE_SECONDS):
-                    jax.block_until_ready(metrics)
-                    rate = (step - measure[1]) / (time.perf_counter() - measure[0])  # steps/s
-                    _note(bar, say, _estimate_line(c, preset, step, rate))
-                    measure = None
-                is_eval = step % c.eval_every == 0 or step == c.steps
-                is_log = step % c.log_every == 0 or is_eval
-                is_save = step % c.ckpt_every == 0 or step == c.steps
-                if ((is_log or is_save or stop.received or step % c.max_bad_steps == 0)
-                        and int(state["bad_streak"]) >= c.max_bad_steps):
-                    state, step = resilience.roll_back(ckpt, run_dir, state, step, fresh)
-                    state = parallel.replicate(state, mesh)
-                    bar.reset(total=c.steps)
-                    bar.update(step)
-                    continue
-                if is_log:
-                    if window_steps:
-                        rates.append(window_steps * c.batch_size / (time.perf_counter() - window_t))
-                    record = {k: float(v) for k, v in jax.device_get(metrics).items()}  # the one host sync
-                    record.update(step=step, images_per_s=rates[-1] if rates else 0.0)
-                    if is_eval:
-                        record.update(validation_metrics(eval_step, eval_params(state), dataset.val, c,
-                                                         dataset.kind))
-                        _report(record, c, bar, quiet)
-                        if stopper.observe(step, record["val_loss"]):
-                            is_save = True  # a new best: keep it as a checkpoint, whatever ckpt_every says
-                    if writer:
-                        run_lib.append_metrics(run_dir, record)
-                    tb.scalars(step, record)
-                    bar.set_postfix(loss=f"{record['loss']:.1f}", kl=f"{record['kl_loss']:.1f}",
-                                    img_s=f"{record['images_per_s']:.0f}")
-                    window_t, window_steps = time.perf_counter(), 0
-                bar.update(1)
-                if is_save or stop.received:
-                    val = record.get("val_loss") if record.get("step") == step else None
-                    if val is None and is_save:  # the best checkpoint is chosen by validation loss
-                        val = validation_metrics(eval_step, eval_params(state), dataset.val, c,
-                                                 dataset.kind)["val_loss"]
-                    run_lib.sync_metrics(run_dir)
-                    ckpt.save(step, state, batches.get_state(), val)
-                if stop.received:
-                    ckpt.wait()
-                    raise resilience.interrupted(stop, step, run_dir)
-                if stopper.exhausted:
-                    # The run becomes its best checkpoint: later (worse) ones go, so that jaxvae.load,
-                    # evaluate and the report see the best parameters, and a resume starts from them.
-                    ckpt.delete_after(stopper.best_step)
-                    state = ckpt.restore(fresh, stopper.best_step)[0]
-                    break
-    finally:
-        bar.close()
+    with resilience.advise_resume(ckpt):  # a failed save says how to continue the run
         try:
-            ckpt.wait()  # a failed asynchronous save raises here
+            with resilience.StopSignals() as stop:
+                if resume:
+                    state, step = resilience.resume(ckpt, run_dir, c, fresh, batches, mesh, say)
+                    records = run_lib.read_metrics(run_dir)
+                    record = (records or [{}])[-1]
+                    stopper.replay(records, ckpt.steps())
+                    bar.update(step)
+                start_step = step
+                if ckpt.latest_step() is None:  # step 0 is the first good checkpoint: a resume and rollback target
+                    ckpt.save(0, state, batches.get_state())
+                while step < c.steps:
+                    state, metrics = train_step(state, next(batches))
+                    step += 1
+                    window_steps += 1
+                    if compile_s is None:  # the first step traces and compiles: time it apart
+                        jax.block_until_ready(metrics)
+                        compile_s = time.perf_counter() - window_t
+                        window_t, window_steps = time.perf_counter(), 0
+                        measure = (window_t, step)
+                    elif measure is not None and (step - measure[1] >= ESTIMATE_STEPS
+                                                  or time.perf_counter() - measure[0] >= ESTIMATE_SECONDS):
+                        jax.block_until_ready(metrics)
+                        rate = (step - measure[1]) / (time.perf_counter() - measure[0])  # steps/s
+                        _note(bar, say, _estimate_line(c, preset, step, rate))
+                        measure = None
+                    is_eval = step % c.eval_every == 0 or step == c.steps
+                    is_log = step % c.log_every == 0 or is_eval
+                    is_save = step % c.ckpt_every == 0 or step == c.steps
+                    if ((is_log or is_save or stop.received or step % c.max_bad_steps == 0)
+                            and int(state["bad_streak"]) >= c.max_bad_steps):
+                        state, step = resilience.roll_back(ckpt, run_dir, state, step, mesh)
+                        bar.reset(total=c.steps)
+                        bar.update(step)
+                        continue
+                    if is_log:
+                        if window_steps:
+                            rates.append(window_steps * c.batch_size / (time.perf_counter() - window_t))
+                        record = {k: float(v) for k, v in jax.device_get(metrics).items()}  # the one host sync
+                        record.update(step=step, images_per_s=rates[-1] if rates else 0.0)
+                        if is_eval:
+                            record.update(validation_metrics(eval_step, eval_params(state), dataset.val, c,
+                                                             dataset.kind))
+                            _report(record, c, bar, quiet)
+                            if stopper.observe(step, record["val_loss"]):
+                                is_save = True  # a new best: keep it as a checkpoint, whatever ckpt_every says
+                        if writer:
+                            run_lib.append_metrics(run_dir, record)
+                        tb.scalars(step, record)
+                        bar.set_postfix(loss=f"{record['loss']:.1f}", kl=f"{record['kl_loss']:.1f}",
+                                        img_s=f"{record['images_per_s']:.0f}")
+                        window_t, window_steps = time.perf_counter(), 0
+                    bar.update(1)
+                    if is_save or stop.received:
+                        val = record.get("val_loss") if record.get("step") == step else None
+                        if val is None and is_save:  # the best checkpoint is chosen by validation loss
+                            val = validation_metrics(eval_step, eval_params(state), dataset.val, c,
+                                                     dataset.kind)["val_loss"]
+                        run_lib.sync_metrics(run_dir)
+                        ckpt.save(step, state, batches.get_state(), val)
+                    if stop.received:
+                        ckpt.wait()
+                        raise resilience.interrupted(stop, step, run_dir)
+                    if stopper.exhausted:
+                        # The run becomes its best checkpoint: later (worse) ones go, so that jaxvae.load,
+                        # evaluate and the report see the best parameters, and a resume starts from them.
+                        resilience.delete_after(ckpt, stopper.best_step)
+                        state = ckpt.restore(fresh, stopper.best_step)[0]
+                        break
         finally:
-            ckpt.close()
-            tb.close()
+            bar.close()
+            try:
+                ckpt.wait()  # a failed asynchronous save raises here
+            finally:
+                ckpt.close()
+                tb.close()
 
     train_seconds = time.perf_counter() - t_start
     if stopper.exhausted:  # the pictures and the summary show the best checkpoint's parameters
