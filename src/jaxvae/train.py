@@ -45,6 +45,12 @@ from jaxvae.run import RunError
 from jaxvae.tensorboard import TensorBoard
 
 VAL_IMAGES = 512  # validation loss is measured on (up to) this many fixed held-out images
+# Each use of randomness has its own key, c.seed plus an offset, so that no two share noise
+# (finish's pictures use c.seed + 3).
+TRAIN_KEY_OFFSET = 1  # the train state's key; step t folds in t
+VAL_KEY_OFFSET = 2  # validation's fixed noise; batch i folds in i
+# A step's key, folded with these, gives the input's noise apart from the model's own draws.
+DEQUANTIZE_FOLD, BINARIZE_FOLD = 1, 2
 ESTIMATE_STEPS, ESTIMATE_SECONDS = 50, 5.0  # the time estimate comes after this many measured steps or seconds
 
 
@@ -91,7 +97,7 @@ def init_state(c: Config, mesh: Mesh | None = None) -> tuple[nnx.GraphDef, dict]
         "params": params,
         "opt_state": make_optimizer(c).init(params),
         "step": jnp.zeros((), jnp.int32),
-        "key": jax.random.key_data(jax.random.key(c.seed + 1)),
+        "key": jax.random.key_data(jax.random.key(c.seed + TRAIN_KEY_OFFSET)),
         "skipped_steps": jnp.zeros((), jnp.int32),
         "bad_streak": jnp.zeros((), jnp.int32),
         "rollbacks": jnp.zeros((), jnp.int32),
@@ -105,6 +111,17 @@ def init_state(c: Config, mesh: Mesh | None = None) -> tuple[nnx.GraphDef, dict]
     return graphdef, parallel.replicate(state, mesh)
 
 
+def input_noise(c: Config, x: jax.Array, key: jax.Array) -> jax.Array:
+    """The batch as the loss sees it: dequantized (--dequantize) and binarized (--binarize) with noise
+    from `key`. Training passes the step's key, so binarization is dynamic (a fresh draw every step);
+    validation passes fixed keys, so there it is a fixed one, comparable across steps."""
+    if c.dequantize:
+        x = dequantize(x, jax.random.fold_in(key, DEQUANTIZE_FOLD))
+    if c.binarize:
+        x = binarize(x, c.binarize, jax.random.fold_in(key, BINARIZE_FOLD))
+    return x
+
+
 def make_train_step(graphdef: nnx.GraphDef, c: Config):
     """(state, batch) -> (state, metrics); batch (B,S,S,C) float32 in [-1,1]. State is donated."""
     tx = make_optimizer(c)
@@ -115,10 +132,7 @@ def make_train_step(graphdef: nnx.GraphDef, c: Config):
     @functools.partial(jax.jit, donate_argnums=0)
     def train_step(state: dict, x: jax.Array):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), state["step"])
-        if c.dequantize:
-            x = dequantize(x, jax.random.fold_in(key, 1))
-        if c.binarize:  # dynamic: a fresh draw every step, from the step's key
-            x = binarize(x, c.binarize, jax.random.fold_in(key, 2))
+        x = input_noise(c, x, key)
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], x, key, state["step"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         updates = jax.tree.map(lambda u: u * state["lr_scale"], updates)  # halved by each rollback
@@ -147,17 +161,13 @@ def make_train_step(graphdef: nnx.GraphDef, c: Config):
 
 
 def make_eval_step(graphdef: nnx.GraphDef, c: Config):
-    """(params, batch, key) -> metrics of the loss on a batch, no update. With --dequantize the batch
-    is dequantized like a training batch (noise from fold_in(key, 1)), so validation scores the density
-    that training optimises; a fixed key keeps it comparable across steps."""
+    """(params, batch, key) -> metrics of the loss on a batch, no update. The batch gets the input
+    noise of a training batch (input_noise), so validation scores the density that training
+    optimises; a fixed key keeps it comparable across steps."""
 
     @jax.jit
     def eval_step(params, x, key):
-        if c.dequantize:
-            x = dequantize(x, jax.random.fold_in(key, 1))
-        if c.binarize:  # validation's keys are fixed, so dynamic binarization is a fixed one here
-            x = binarize(x, c.binarize, jax.random.fold_in(key, 2))
-        return objective_loss(c, nnx.merge(graphdef, params), x, key)[1]
+        return objective_loss(c, nnx.merge(graphdef, params), input_noise(c, x, key), key)[1]
 
     return eval_step
 
@@ -175,7 +185,7 @@ def validation_metrics(eval_step, params, val: np.ndarray, c: Config, kind: str 
     comparable across steps. It uses the full beta, so a warm-up does not flatter early values."""
     n = min(len(val), VAL_IMAGES)
     bs = min(c.batch_size, n)
-    key = jax.random.key(c.seed + 2)
+    key = jax.random.key(c.seed + VAL_KEY_OFFSET)
     totals = []
     for i, lo in enumerate(range(0, n - bs + 1, bs)):
         m = eval_step(params, model_input(val[lo:lo + bs], kind), jax.random.fold_in(key, i))
