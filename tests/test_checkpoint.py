@@ -17,7 +17,7 @@ from orbax.checkpoint._src.handlers import json_checkpoint_handler
 from jaxvae import run as run_lib
 from jaxvae.checkpoint import Checkpointer, CheckpointSaveError
 from jaxvae.config import Config
-from jaxvae.resilience import check_resumable, config_changes
+from jaxvae.resilience import check_resumable, clean_tmp, config_changes, quarantine, restore_latest_good
 from jaxvae.run import RunError
 
 
@@ -86,7 +86,7 @@ def test_no_space_left_during_a_save_keeps_earlier_checkpoints(tmp_path, monkeyp
     restored, data = reopened.restore(state(0.0))
     assert int(restored["step"]) == 2 and data == {"pos": 2}
     writable = Checkpointer(tmp_path)
-    assert writable.clean_tmp() == ["3.orbax-checkpoint-tmp"] and writable.leftover_tmp() == []
+    assert clean_tmp(writable) == ["3.orbax-checkpoint-tmp"] and writable.leftover_tmp() == []
     saved(writable, 3)  # the step can be written again
     assert writable.steps() == [1, 2, 3]
     writable.close()
@@ -124,7 +124,7 @@ def test_damaged_checkpoint_falls_back_with_a_warning(tmp_path, capsys):
 
     before = tree_hash(tmp_path)
     reader = Checkpointer(tmp_path, read_only=True)
-    step, (restored, _) = reader.restore_latest_good(lambda s: reader.restore(state(0.0), s))
+    step, (restored, _) = restore_latest_good(reader, lambda s: reader.restore(state(0.0), s))
     assert step == 1 and int(restored["step"]) == 1
     err = capsys.readouterr().err
     assert f"checkpoint 3 in {tmp_path / 'checkpoints'} is damaged" in err and "falling back to checkpoint 2" in err
@@ -132,8 +132,8 @@ def test_damaged_checkpoint_falls_back_with_a_warning(tmp_path, capsys):
     assert tree_hash(tmp_path) == before  # reading never repairs or moves anything
 
     writer = Checkpointer(tmp_path)
-    step, _ = writer.restore_latest_good(lambda s: writer.restore(state(0.0), s),
-                                         on_damaged=lambda s, _: writer.quarantine(s))
+    step, _ = restore_latest_good(writer, lambda s: writer.restore(state(0.0), s),
+                                  on_damaged=lambda s, _: quarantine(writer, s))
     assert step == 1 and writer.steps() == [1]
     assert sorted(p.name for p in (tmp_path / run_lib.DAMAGED).iterdir()) == ["2", "3"]
     writer.close()
@@ -168,6 +168,7 @@ def test_a_config_edited_to_another_model_is_one_line_and_moves_nothing(tmp_path
     from conftest import micro_config, untrained_run
 
     import jaxvae
+    from jaxvae import parallel
     from jaxvae.resilience import resume
     from jaxvae.train import init_state
 
@@ -181,7 +182,7 @@ def test_a_config_edited_to_another_model_is_one_line_and_moves_nothing(tmp_path
     _, fresh = init_state(micro_config(z_dim=6))
     ckpt = Checkpointer(run)
     with pytest.raises(RunError, match="hold a different model"):
-        resume(ckpt, run, micro_config(z_dim=6), fresh, None, print)
+        resume(ckpt, run, micro_config(z_dim=6), fresh, None, parallel.data_mesh(), print)
     ckpt.close()
     assert tree_hash(run) == before and not (run / run_lib.DAMAGED).exists()
     err = capfd.readouterr().err
@@ -195,7 +196,7 @@ def test_no_loadable_checkpoint_names_every_failure(tmp_path):
     damage(tmp_path / "checkpoints" / "1")
     reader = Checkpointer(tmp_path, read_only=True)
     with pytest.raises(RunError, match=r"no loadable checkpoint in .*: 1 \("):
-        reader.restore_latest_good(lambda s: reader.restore_params(state(0.0)["params"], s))
+        restore_latest_good(reader, lambda s: reader.restore_params(state(0.0)["params"], s))
 
 
 def test_open_run_rejects_other_formats_and_never_writes(tmp_path):

@@ -41,8 +41,7 @@ WORKER = textwrap.dedent("""
     images = make_shapes(64, c.image_size, seed=1234, channels=c.channels)[0]
     mesh = parallel.data_mesh()
     batches = parallel.make_batches(images, c.batch_size, c.seed, c.flip, mesh)
-    graphdef, state = init_state(c)
-    state = parallel.replicate(state, mesh)
+    graphdef, state = init_state(c, mesh)
     step = make_train_step(graphdef, c)
     losses = []
     for _ in range(args["steps"]):

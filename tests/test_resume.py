@@ -108,7 +108,7 @@ def hooked_batches(actions: dict):
 
     class Hooked:
         def __init__(self, inner):
-            self.inner, self.calls = inner, 0
+            self.inner, self.calls, self.closed = inner, 0, False
 
         def __iter__(self):
             return self
@@ -124,7 +124,16 @@ def hooked_batches(actions: dict):
         def set_state(self, state):
             self.inner.set_state(state)
 
-    return lambda *args, **kwargs: Hooked(REAL_BATCHES(*args, **kwargs))
+        def close(self):
+            self.closed = True
+            self.inner.close()
+
+    def make_batches(*args, **kwargs):
+        make_batches.made.append(Hooked(REAL_BATCHES(*args, **kwargs)))
+        return make_batches.made[-1]
+
+    make_batches.made = []
+    return make_batches
 
 
 def sigterm(x):
@@ -257,8 +266,10 @@ def test_kill_9_at_random_steps_in_subprocesses_then_resume(reference, tmp_path)
 def test_poisoned_batches_are_skipped_then_rolled_back(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     poison = {n: (lambda x: x * np.nan) for n in range(3, 8)}  # 5 NaN batches in a row
-    monkeypatch.setattr(parallel, "make_batches", hooked_batches(poison))
+    batches = hooked_batches(poison)
+    monkeypatch.setattr(parallel, "make_batches", batches)
     train_lib.train(MICRO, run, quiet=True)
+    assert [b.closed for b in batches.made] == [True]  # the data pipeline's prefetch thread is stopped
     assert "rolled back to checkpoint 0 and halved the learning rate to 0.0005" in capsys.readouterr().err
     records = run_lib.read_metrics(run)
     assert [r["step"] for r in records] == list(range(1, 25))  # the abandoned steps were rewound
@@ -321,6 +332,7 @@ def test_disk_full_during_a_save_stops_cleanly_and_the_run_resumes(reference, tm
     assert err.count("\n") == 1, err  # one line, no traceback
     assert err.startswith(f"jaxvae: error: could not write checkpoint 10 in {run / 'checkpoints'}: "
                           "No space left on device; earlier checkpoints are intact (steps 0, 5)")
+    assert err.endswith(f"; once fixed, continue with `jaxvae train --resume {run.absolute()}`\n")
     monkeypatch.setattr(json_checkpoint_handler.JsonCheckpointHandler, "_save_fn", real_write)
     assert jaxvae.load(run).sample(1).shape == (1, 8, 8, 3)
     train_lib.train(MICRO, run, quiet=True, resume=True)

@@ -158,7 +158,9 @@ def load(run_dir: str | os.PathLike, checkpoint: str | int = "best") -> TrainedV
     which = parse_checkpoint(checkpoint)  # bad input is refused before anything is read
     abstract = nnx.eval_shape(lambda: build(config))
     graphdef, params_template = nnx.split(abstract)
-    step, note, params = Checkpointer(path, read_only=True).restore_selected(params_template, which)
+    from jaxvae.resilience import restore_selected  # past a damaged checkpoint to a good one
+
+    step, note, params = restore_selected(Checkpointer(path, read_only=True), params_template, which)
     return TrainedVAE(config, nnx.merge(graphdef, params), path, step, note)
 
 

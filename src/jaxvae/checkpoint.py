@@ -11,8 +11,11 @@ parameters alone:
 Orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and renames it to `<step>` only once
 every item is on disk, so a crash leaves either a committed checkpoint or a temporary
 directory, never half of one. The digests catch what the rename cannot: a committed checkpoint
-whose files were later truncated, deleted or flipped reads back as "damaged", and the caller
-falls back to the one before. Retention: the last `keep` steps plus the best by validation loss.
+whose files were later truncated, deleted or flipped reads back as "damaged". Retention: the
+last `keep` steps plus the best by validation loss.
+
+This module saves, restores, verifies and lists; what to do when that fails (fall back to an older
+checkpoint, move a damaged one aside, clean up a torn save, roll back) is resilience.py's.
 """
 
 from __future__ import annotations
@@ -20,10 +23,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -31,7 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from jaxvae.run import CHECKPOINTS, DAMAGED, RunError
+from jaxvae.run import CHECKPOINTS, RunError
 
 TMP_MARK = ".orbax-checkpoint-tmp"  # orbax's suffix for a step that was never committed
 PARAM_ITEMS = ("params", "ema")  # train-state entries saved as items of their own (inference reads them)
@@ -50,10 +49,6 @@ logging.getLogger("absl").addFilter(_QuietOrbax())
 
 class CheckpointSaveError(RunError):
     """A checkpoint could not be written (disk full, unwritable, ...); earlier ones are intact."""
-
-
-def warn(message: str) -> None:
-    print(f"jaxvae: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _abstract(tree):
@@ -104,7 +99,8 @@ def _utf8(text: str) -> bool:
     return True
 
 
-def _reason(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """An error's reason in one line (at most 300 characters), for messages that name a checkpoint."""
     text = (getattr(e, "strerror", None) or str(e) or type(e).__name__).strip().splitlines()[0]
     return text[:300]
 
@@ -112,8 +108,8 @@ def _reason(e: BaseException) -> str:
 class _Manager(ocp.CheckpointManager):
     """Orbax's manager reads every step's metrics when it opens the directory; a step whose files
     were overwritten with garbage would fail the opening itself (a UnicodeDecodeError deep in orbax).
-    Here its metrics read as missing, and restoring it fails in restore_latest_good, which names it
-    and falls back to the step before."""
+    Here its metrics read as missing, and restoring it fails (resilience.restore_latest_good names
+    it and falls back to the step before)."""
 
     def metrics(self, step: int):
         try:
@@ -136,7 +132,6 @@ class Checkpointer:
         self._alias_fd = None
         if not _utf8(str(self.run_dir)):
             self.directory = self._utf8_alias() / CHECKPOINTS
-        self.read_only = read_only
         latest_and_best = policies.AnyPreservationPolicy([
             policies.LatestN(n=keep),
             # best by validation loss; checkpoints saved without one (step 0, on a signal)
@@ -153,7 +148,7 @@ class Checkpointer:
         try:
             self.manager = _Manager(self.directory, options=options)
         except OSError as e:
-            raise CheckpointSaveError(f"cannot use checkpoint directory {self.directory}: {_reason(e)}") from e
+            raise CheckpointSaveError(f"cannot use checkpoint directory {self.directory}: {first_line(e)}") from e
         self._pending: int | None = None  # step of a save that may still be in flight
 
     def _utf8_alias(self) -> Path:
@@ -172,27 +167,19 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def best_step(self) -> int | None:
+        """The step with the lowest validation loss (None when no checkpoint has one)."""
+        return self.manager.best_step()
+
     def leftover_tmp(self) -> list[Path]:
         """Temporary directories of saves that never committed (a crash or kill -9 mid-save)."""
         if not self.directory.is_dir():
             return []
         return sorted(p for p in self.directory.iterdir() if TMP_MARK in p.name)
 
-    def clean_tmp(self) -> list[str]:
-        """Remove leftover temporary directories; returns their names (for the caller's note)."""
-        names = []
-        for path in self.leftover_tmp():
-            # after a failed save in this same process, orbax's writers of the other items may
-            # still be finishing inside the directory: retry briefly before giving up
-            for _ in range(20):
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-                if not path.exists():
-                    names.append(path.name)
-                    break
-                time.sleep(0.1)
-            else:
-                warn(f"could not remove the unfinished checkpoint {path}")
-        return names
+    def reload(self) -> None:
+        """Read the steps on disk again, after a change made behind the manager's back (a step moved)."""
+        self.manager.reload()
 
     # --- saving -----------------------------------------------------------------------------
     def save(self, step: int, state: dict, data_state: dict, val_loss: float | None = None) -> None:
@@ -232,30 +219,11 @@ class Checkpointer:
     def _save_error(self, step: int | None, e: BaseException) -> CheckpointSaveError:
         self.manager.reload()  # forget the failed step; its tmp directory is removed on resume
         kept = ", ".join(map(str, self.steps())) or "none"
-        return CheckpointSaveError(
-            f"could not write checkpoint {step} in {self.directory}: {_reason(e)}; "
-            f"earlier checkpoints are intact (steps {kept}); once fixed, continue with "
-            f"`jaxvae train --resume {self.run_dir}`")
+        return CheckpointSaveError(f"could not write checkpoint {step} in {self.directory}: {first_line(e)}; "
+                                   f"earlier checkpoints are intact (steps {kept})")
 
-    def delete_after(self, step: int) -> list[int]:
-        """Delete every checkpoint later than `step` (a rollback abandons them)."""
-        self.wait()
-        doomed = [s for s in self.steps() if s > step]
-        for s in doomed:
-            self.manager.delete(s)
-        return doomed
-
-    def quarantine(self, step: int) -> Path:
-        """Move a damaged checkpoint out of the way (to RUN/checkpoints.damaged/) rather than delete it."""
-        target_dir = self.run_dir / DAMAGED
-        target_dir.mkdir(exist_ok=True)
-        target = target_dir / str(step)
-        n = 1
-        while target.exists():
-            target, n = target_dir / f"{step}.{n}", n + 1
-        shutil.move(str(self.directory / str(step)), target)
-        self.manager.reload()
-        return target
+    def delete(self, step: int) -> None:
+        self.manager.delete(step)
 
     # --- restoring --------------------------------------------------------------------------
     def restore(self, template: dict, step: int | None = None) -> tuple[dict, dict]:
@@ -271,61 +239,22 @@ class Checkpointer:
         out = self._restore_verified(step, items)
         return {**{k: out[k] for k in own}, **out["train"]}, dict(out["data"])
 
-    def _params_restorer(self, params_template, ema: bool = True) -> Callable[[int], object]:
-        """step -> its parameters shaped like params_template: the EMA where the checkpoint holds one (--ema)
-        and ema is set, the parameter set that inference, evaluation and export use; else the raw ones."""
-        def restore(s: int):
-            name = "ema" if ema and (self.directory / str(s) / "ema").is_dir() else "params"
-            return self._restore_verified(s, {name: ocp.args.StandardRestore(_abstract(params_template))})[name]
-
-        return restore
+    def read_params(self, step: int, params_template, ema: bool = True):
+        """Checkpoint `step`'s parameters shaped like params_template: the EMA where the checkpoint holds
+        one (--ema) and ema is set, the parameter set that inference, evaluation and export use; else the
+        raw ones. Verified against their digest; raises whatever a damaged checkpoint raises."""
+        name = "ema" if ema and (self.directory / str(step) / "ema").is_dir() else "params"
+        return self._restore_verified(step, {name: ocp.args.StandardRestore(_abstract(params_template))})[name]
 
     def restore_params(self, params_template, step: int | None = None, ema: bool = True):
-        """The parameters of checkpoint `step`; by default of the latest one that is not damaged.
-        ema: see _params_restorer."""
-        self.check_model(params_template)
-        restore = self._params_restorer(params_template, ema)
-        if step is not None:
-            return restore(step)
-        step, params = self.restore_latest_good(restore)
+        """The parameters of checkpoint `step`; by default of the latest one that is not damaged
+        (resilience.restore_selected, which warns about each damaged one). ema: see read_params."""
         if step is None:
-            raise RunError(f"no checkpoint in {self.directory}: was the run interrupted before its first save?")
-        return params
+            from jaxvae.resilience import restore_selected  # the fallback past damage is resilience's
 
-    def restore_selected(self, params_template, which: str | int = "best") -> tuple[int, str, object]:
-        """The parameters of the checkpoint `which` names: (step, how it was chosen, params).
-
-        which: "best" (lowest validation loss; the latest when no checkpoint has one), "latest" (the
-        newest that is not damaged) or a step number, which must exist. A damaged best checkpoint
-        falls back to the latest good one, with a warning.
-        """
-        which = parse_checkpoint(which)
+            return restore_selected(self, params_template, "latest", ema)[2]
         self.check_model(params_template)
-        restore = self._params_restorer(params_template)
-        steps = self.steps()
-        if not steps:
-            raise RunError(f"no checkpoint in {self.directory}: was the run interrupted before its first save?")
-        if isinstance(which, int):
-            if which not in steps:
-                raise RunError(f"no checkpoint at step {which} in {self.directory}: it has steps "
-                               f"{', '.join(map(str, steps))}")
-            try:
-                return which, f"step {which}", restore(which)
-            except Exception as e:
-                raise RunError(f"checkpoint {which} in {self.directory} is damaged: {_reason(e)}") from None
-        how = "latest"
-        best = self.manager.best_step() if which == "best" else None
-        if best is not None:
-            try:
-                return best, "best by validation loss", restore(best)
-            except Exception as e:
-                warn(f"the best checkpoint {best} in {self.directory} is damaged: {_reason(e)}; "
-                     "using the latest good one")
-                how = "latest; the best one is damaged"
-        elif which == "best":
-            how = "latest; no checkpoint has a validation loss"
-        step, params = self.restore_latest_good(restore)
-        return step, how, params
+        return self.read_params(step, params_template, ema)
 
     def check_model(self, params_template) -> None:
         """Raise RunError (one line, before any restore) when the newest readable checkpoint holds
@@ -334,7 +263,7 @@ class Checkpointer:
         for step in reversed(self.steps()):
             try:
                 stored = _shapes(ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "params"))
-            except Exception:  # unreadable metadata: damage, which restore_latest_good reports
+            except Exception:  # unreadable metadata: damage, which restoring it reports
                 continue
             wanted = _shapes(_abstract(params_template))
             if stored == wanted:
@@ -356,31 +285,6 @@ class Checkpointer:
                 if name in items and digest(out[name]) != out["integrity"][name]:
                     raise RunError(f"{name} do not match the digest written with them")
         return out
-
-    def restore_latest_good(self, restore: Callable[[int], object],
-                            on_damaged: Callable[[int, str], None] | None = None):
-        """Call restore(step) from the newest checkpoint back until one works: (step, result).
-
-        Each damaged checkpoint is reported by a warning that names it and passed to on_damaged.
-        Raises RunError naming every failure when none can be restored; (None, None) if none exist.
-        """
-        failures = []
-        for step in reversed(self.steps()):
-            try:
-                result = restore(step)
-            except Exception as e:  # a damaged checkpoint fails in many ways: read, decode, digest
-                reason = _reason(e)
-                failures.append(f"{step} ({reason})")
-                older = [s for s in self.steps() if s < step]
-                warn(f"checkpoint {step} in {self.directory} is damaged: {reason}; "
-                     + (f"falling back to checkpoint {older[-1]}" if older else "no earlier checkpoint"))
-                if on_damaged:
-                    on_damaged(step, reason)
-                continue
-            return step, result
-        if failures:
-            raise RunError(f"no loadable checkpoint in {self.directory}: {'; '.join(failures)}")
-        return None, None
 
     def close(self) -> None:
         self.manager.close()

@@ -14,11 +14,13 @@ All of it is checkpointed, so a resumed run continues bitwise where it stopped (
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -26,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from jaxvae import data as data_lib
@@ -42,6 +45,13 @@ from jaxvae.run import RunError
 from jaxvae.tensorboard import TensorBoard
 
 VAL_IMAGES = 512  # validation loss is measured on (up to) this many fixed held-out images
+# Each use of randomness has its own key, c.seed plus an offset, so that no two share noise
+# (finish's pictures use c.seed + 3).
+TRAIN_KEY_OFFSET = 1  # the train state's key; step t folds in t
+VAL_KEY_OFFSET = 2  # validation's fixed noise; batch i folds in i
+# A step's key, folded with these, gives the input's noise apart from the model's own draws.
+DEQUANTIZE_FOLD, BINARIZE_FOLD = 1, 2
+ESTIMATE_STEPS, ESTIMATE_SECONDS = 50, 5.0  # the time estimate comes after this many measured steps or seconds
 
 
 def lr_schedule(c: Config) -> float | optax.Schedule:
@@ -79,14 +89,15 @@ def eval_params(state: dict):
     return state.get("ema", state["params"])
 
 
-def init_state(c: Config) -> tuple[nnx.GraphDef, dict]:
-    """A fresh model and its train state, seeded by c.seed."""
+def init_state(c: Config, mesh: Mesh | None = None) -> tuple[nnx.GraphDef, dict]:
+    """A fresh model and its train state, seeded by c.seed, replicated on every device of `mesh`
+    (default: this process's first device alone)."""
     graphdef, params = nnx.split(build(c))
     state = {
         "params": params,
         "opt_state": make_optimizer(c).init(params),
         "step": jnp.zeros((), jnp.int32),
-        "key": jax.random.key_data(jax.random.key(c.seed + 1)),
+        "key": jax.random.key_data(jax.random.key(c.seed + TRAIN_KEY_OFFSET)),
         "skipped_steps": jnp.zeros((), jnp.int32),
         "bad_streak": jnp.zeros((), jnp.int32),
         "rollbacks": jnp.zeros((), jnp.int32),
@@ -94,9 +105,21 @@ def init_state(c: Config) -> tuple[nnx.GraphDef, dict]:
     }
     if c.ema:
         state["ema"] = jax.tree.map(jnp.copy, params)
-    # Committed to the device like a restored checkpoint, so that resuming or rolling back
-    # reuses the compiled step instead of compiling it again for a different placement.
-    return graphdef, jax.device_put(state, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+    # Placed like a restored checkpoint (resilience.resume and roll_back place theirs the same way),
+    # so that resuming or rolling back reuses the compiled step instead of compiling it again.
+    mesh = parallel.data_mesh(jax.local_devices()[:1]) if mesh is None else mesh
+    return graphdef, parallel.replicate(state, mesh)
+
+
+def input_noise(c: Config, x: jax.Array, key: jax.Array) -> jax.Array:
+    """The batch as the loss sees it: dequantized (--dequantize) and binarized (--binarize) with noise
+    from `key`. Training passes the step's key, so binarization is dynamic (a fresh draw every step);
+    validation passes fixed keys, so there it is a fixed one, comparable across steps."""
+    if c.dequantize:
+        x = dequantize(x, jax.random.fold_in(key, DEQUANTIZE_FOLD))
+    if c.binarize:
+        x = binarize(x, c.binarize, jax.random.fold_in(key, BINARIZE_FOLD))
+    return x
 
 
 def make_train_step(graphdef: nnx.GraphDef, c: Config):
@@ -109,10 +132,7 @@ def make_train_step(graphdef: nnx.GraphDef, c: Config):
     @functools.partial(jax.jit, donate_argnums=0)
     def train_step(state: dict, x: jax.Array):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["key"]), state["step"])
-        if c.dequantize:
-            x = dequantize(x, jax.random.fold_in(key, 1))
-        if c.binarize:  # dynamic: a fresh draw every step, from the step's key
-            x = binarize(x, c.binarize, jax.random.fold_in(key, 2))
+        x = input_noise(c, x, key)
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], x, key, state["step"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         updates = jax.tree.map(lambda u: u * state["lr_scale"], updates)  # halved by each rollback
@@ -141,17 +161,13 @@ def make_train_step(graphdef: nnx.GraphDef, c: Config):
 
 
 def make_eval_step(graphdef: nnx.GraphDef, c: Config):
-    """(params, batch, key) -> metrics of the loss on a batch, no update. With --dequantize the batch
-    is dequantized like a training batch (noise from fold_in(key, 1)), so validation scores the density
-    that training optimises; a fixed key keeps it comparable across steps."""
+    """(params, batch, key) -> metrics of the loss on a batch, no update. The batch gets the input
+    noise of a training batch (input_noise), so validation scores the density that training
+    optimises; a fixed key keeps it comparable across steps."""
 
     @jax.jit
     def eval_step(params, x, key):
-        if c.dequantize:
-            x = dequantize(x, jax.random.fold_in(key, 1))
-        if c.binarize:  # validation's keys are fixed, so dynamic binarization is a fixed one here
-            x = binarize(x, c.binarize, jax.random.fold_in(key, 2))
-        return objective_loss(c, nnx.merge(graphdef, params), x, key)[1]
+        return objective_loss(c, nnx.merge(graphdef, params), input_noise(c, x, key), key)[1]
 
     return eval_step
 
@@ -169,7 +185,7 @@ def validation_metrics(eval_step, params, val: np.ndarray, c: Config, kind: str 
     comparable across steps. It uses the full beta, so a warm-up does not flatter early values."""
     n = min(len(val), VAL_IMAGES)
     bs = min(c.batch_size, n)
-    key = jax.random.key(c.seed + 2)
+    key = jax.random.key(c.seed + VAL_KEY_OFFSET)
     totals = []
     for i, lo in enumerate(range(0, n - bs + 1, bs)):
         m = eval_step(params, model_input(val[lo:lo + bs], kind), jax.random.fold_in(key, i))
@@ -213,15 +229,84 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
     if resume and overwrite:
         raise RunError("--resume continues a run and --overwrite replaces it: pass one of them")
     c = vectors.resolve_config(c)  # vector data: record D in the config, so the run rebuilds this model
-    if resume:  # check before anything is loaded or written
-        run_dir, saved = run_lib.open_run(out)
-        resilience.check_resumable(run_dir, saved, c)
-        done = resilience.finished(run_dir, saved, c)
-        if done is not None:
-            if not quiet:
-                print(done[1], flush=True)
-            return done[0]
-    writer = parallel.is_writer()  # process 0 alone writes metrics, pictures and the report
+    done = resilience.check_resume(out, c) if resume else None  # before anything is loaded or written
+    if done is not None:
+        if not quiet:
+            print(done[1], flush=True)
+        return done[0]
+    run, graphdef, state = _open(c, out, overwrite, quiet, resume, tensorboard, preset)
+    c, ckpt, bar = run.c, run.ckpt, run.bar
+    train_step = make_train_step(graphdef, c)
+    with resilience.advise_resume(ckpt), run, resilience.StopSignals() as stop:
+        state, step, record = _start(run, state, resume)
+        start_step = step
+        while step < c.steps:
+            state, metrics = train_step(state, next(run.batches))
+            step += 1
+            rate = run.clock.count(step, metrics)
+            if rate is not None:  # once, after the first steps past compiling: the time left
+                _note(run, _estimate_line(c, preset, step, rate))
+            is_eval = step % c.eval_every == 0 or step == c.steps
+            is_log = step % c.log_every == 0 or is_eval
+            is_save = step % c.ckpt_every == 0 or step == c.steps
+            if _diverging(c, state, step, is_log or is_save or stop.received):
+                state, step = resilience.roll_back(ckpt, run.run_dir, state, step, run.mesh)
+                bar.reset(total=c.steps)
+                bar.update(step)
+                continue
+            if is_log:
+                record = _log(run, step, metrics, state, is_eval)
+                is_save |= is_eval and run.stopper.observe(step, record["val_loss"])  # keep a new best
+            bar.update(1)
+            if is_save or stop.received:
+                _save(run, step, state, record, is_save)
+            if stop.received:
+                ckpt.wait()
+                raise resilience.interrupted(stop, step, run.run_dir)
+            if run.stopper.exhausted:
+                state = _keep_best(run, state)
+                break
+    return _summarise(run, graphdef, state, step, record, start_step if resume else None, t_start)
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the loop's helpers share: the run directory and its checkpoints, the data, where lines
+    go (say: print, or nothing when quiet), and the loop's clock and early stop."""
+    c: Config
+    run_dir: Path
+    dataset: object
+    batches: object
+    mesh: Mesh
+    ckpt: Checkpointer
+    tb: TensorBoard
+    bar: tqdm
+    say: Callable[..., None]
+    quiet: bool
+    writer: bool  # process 0: it alone writes metrics, pictures and the report
+    eval_step: Callable
+    clock: Clock
+    stopper: EarlyStop
+
+    def __enter__(self) -> _Run:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Stop the progress bar and the data pipeline; wait for the last save (a failed one raises here)."""
+        self.bar.close()
+        try:
+            self.ckpt.wait()
+        finally:
+            self.ckpt.close()
+            self.tb.close()
+            self.batches.close()
+
+
+def _open(c: Config, out: str | Path, overwrite: bool, quiet: bool, resume: bool, tensorboard: bool,
+          preset: str | None) -> tuple[_Run, nnx.GraphDef, dict]:
+    """Everything the loop needs, each refusal before anything is written: the data and its batches,
+    the run directory (created, unless resumed), the mesh and the fresh train state on it."""
+    writer = parallel.is_writer()
     quiet = quiet or not writer
     say = (lambda *a, **k: None) if quiet else functools.partial(print, flush=True)
     if not resume and writer:  # the --out policy before any data is read: never a user's file or folder
@@ -235,121 +320,139 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
         batches = vectors.VectorBatches(dataset.train, c.batch_size, seed=c.seed, flip=c.flip)
     else:
         batches = parallel.make_batches(dataset.train, c.batch_size, c.seed, c.flip, mesh)
-    if not resume:
-        run_dir = run_lib.create(out, c, overwrite) if writer else Path(out)
+    run_dir = run_lib.create(out, c, overwrite) if writer and not resume else Path(out)
     say(_opening_line(c, preset, dataset, run_dir))
     parallel.barrier("run directory created")
     tb.open(run_dir)
+    graphdef, state = init_state(c, mesh)  # the state whole on every device; batches are sharded
+    run = _Run(c, run_dir, dataset, batches, mesh, Checkpointer(run_dir, keep=c.keep), tb, _progress(c, quiet),
+               say, quiet, writer, make_eval_step(graphdef, c), Clock(c.batch_size), EarlyStop(c.early_stop))
+    return run, graphdef, state
 
-    graphdef, fresh = init_state(c)
-    fresh = parallel.replicate(fresh, mesh)  # the state whole on every device; batches are sharded
-    train_step, eval_step = make_train_step(graphdef, c), make_eval_step(graphdef, c)
-    ckpt = Checkpointer(run_dir, keep=c.keep)
-    bar = _progress(c, quiet)
-    window_t, window_steps, rates, compile_s = time.perf_counter(), 0, [], None
-    state, step, record = fresh, 0, {}
-    stopper = EarlyStop(c.early_stop)
-    measure = None  # (time, step) where the rate for the time estimate starts: after the compiling step
-    try:
-        with resilience.StopSignals() as stop:
-            if resume:
-                state, step = resilience.resume(ckpt, run_dir, c, fresh, batches, say)
-                state = parallel.replicate(state, mesh)
-                records = run_lib.read_metrics(run_dir)
-                record = (records or [{}])[-1]
-                stopper.replay(records, ckpt.steps())
-                bar.update(step)
-            start_step = step
-            if ckpt.latest_step() is None:  # step 0 is the first good checkpoint: a resume and rollback target
-                ckpt.save(0, state, batches.get_state())
-            while step < c.steps:
-                state, metrics = train_step(state, next(batches))
-                step += 1
-                window_steps += 1
-                if compile_s is None:  # the first step traces and compiles: time it apart
-                    jax.block_until_ready(metrics)
-                    compile_s = time.perf_counter() - window_t
-                    window_t, window_steps = time.perf_counter(), 0
-                    measure = (window_t, step)
-                elif measure is not None and (step - measure[1] >= ESTIMATE_STEPS
-                                              or time.perf_counter() - measure[0] >= ESTIMATE_SECONDS):
-                    jax.block_until_ready(metrics)
-                    rate = (step - measure[1]) / (time.perf_counter() - measure[0])  # steps/s
-                    _note(bar, say, _estimate_line(c, preset, step, rate))
-                    measure = None
-                is_eval = step % c.eval_every == 0 or step == c.steps
-                is_log = step % c.log_every == 0 or is_eval
-                is_save = step % c.ckpt_every == 0 or step == c.steps
-                if ((is_log or is_save or stop.received or step % c.max_bad_steps == 0)
-                        and int(state["bad_streak"]) >= c.max_bad_steps):
-                    state, step = resilience.roll_back(ckpt, run_dir, state, step, fresh)
-                    state = parallel.replicate(state, mesh)
-                    bar.reset(total=c.steps)
-                    bar.update(step)
-                    continue
-                if is_log:
-                    if window_steps:
-                        rates.append(window_steps * c.batch_size / (time.perf_counter() - window_t))
-                    record = {k: float(v) for k, v in jax.device_get(metrics).items()}  # the one host sync
-                    record.update(step=step, images_per_s=rates[-1] if rates else 0.0)
-                    if is_eval:
-                        record.update(validation_metrics(eval_step, eval_params(state), dataset.val, c,
-                                                         dataset.kind))
-                        _report(record, c, bar, quiet)
-                        if stopper.observe(step, record["val_loss"]):
-                            is_save = True  # a new best: keep it as a checkpoint, whatever ckpt_every says
-                    if writer:
-                        run_lib.append_metrics(run_dir, record)
-                    tb.scalars(step, record)
-                    bar.set_postfix(loss=f"{record['loss']:.1f}", kl=f"{record['kl_loss']:.1f}",
-                                    img_s=f"{record['images_per_s']:.0f}")
-                    window_t, window_steps = time.perf_counter(), 0
-                bar.update(1)
-                if is_save or stop.received:
-                    val = record.get("val_loss") if record.get("step") == step else None
-                    if val is None and is_save:  # the best checkpoint is chosen by validation loss
-                        val = validation_metrics(eval_step, eval_params(state), dataset.val, c,
-                                                 dataset.kind)["val_loss"]
-                    run_lib.sync_metrics(run_dir)
-                    ckpt.save(step, state, batches.get_state(), val)
-                if stop.received:
-                    ckpt.wait()
-                    raise resilience.interrupted(stop, step, run_dir)
-                if stopper.exhausted:
-                    # The run becomes its best checkpoint: later (worse) ones go, so that jaxvae.load,
-                    # evaluate and the report see the best parameters, and a resume starts from them.
-                    ckpt.delete_after(stopper.best_step)
-                    state = ckpt.restore(fresh, stopper.best_step)[0]
-                    break
-    finally:
-        bar.close()
-        try:
-            ckpt.wait()  # a failed asynchronous save raises here
-        finally:
-            ckpt.close()
-            tb.close()
 
+def _start(run: _Run, state: dict, resume: bool) -> tuple[dict, int, dict]:
+    """(state, step, last metrics record) to train from: the fresh state at step 0, or a resumed run's.
+    Step 0 is saved when there is no checkpoint yet: the first good one, a resume and rollback target."""
+    step, record = 0, {}
+    if resume:
+        state, step = resilience.resume(run.ckpt, run.run_dir, run.c, state, run.batches, run.mesh, run.say)
+        records = run_lib.read_metrics(run.run_dir)
+        record = (records or [{}])[-1]
+        run.stopper.replay(records, run.ckpt.steps())
+        run.bar.update(step)
+    if run.ckpt.latest_step() is None:
+        run.ckpt.save(0, state, run.batches.get_state())
+    return state, step, record
+
+
+def _diverging(c: Config, state: dict, step: int, syncs: bool) -> bool:
+    """Whether --max-bad-steps skipped steps in a row call for a rollback. Reading the streak waits
+    for the step, so it is read where the loop syncs anyway (a log, a save, a signal) and every
+    max_bad_steps steps."""
+    return (syncs or step % c.max_bad_steps == 0) and int(state["bad_streak"]) >= c.max_bad_steps
+
+
+def _validate(run: _Run, state: dict) -> dict:
+    return validation_metrics(run.eval_step, eval_params(state), run.dataset.val, run.c, run.dataset.kind)
+
+
+def _log(run: _Run, step: int, metrics: dict, state: dict, is_eval: bool) -> dict:
+    """The metrics record of `step`, with the validation metrics when is_eval, written to
+    metrics.jsonl (process 0), TensorBoard and the progress bar."""
+    images_per_s = run.clock.images_per_s()
+    record = {k: float(v) for k, v in jax.device_get(metrics).items()}  # the one host sync
+    record.update(step=step, images_per_s=images_per_s)
+    if is_eval:
+        record.update(_validate(run, state))
+        _report(record, run.c, run.bar, run.quiet)
+    if run.writer:
+        run_lib.append_metrics(run.run_dir, record)
+    run.tb.scalars(step, record)
+    run.bar.set_postfix(loss=f"{record['loss']:.1f}", kl=f"{record['kl_loss']:.1f}",
+                        img_s=f"{record['images_per_s']:.0f}")
+    run.clock.new_window()
+    return record
+
+
+def _save(run: _Run, step: int, state: dict, record: dict, is_save: bool) -> None:
+    """Checkpoint `step` with its validation loss, by which the best checkpoint is chosen; a save on a
+    signal alone, between evaluations, goes without one."""
+    val = record.get("val_loss") if record.get("step") == step else None
+    if val is None and is_save:
+        val = _validate(run, state)["val_loss"]
+    run_lib.sync_metrics(run.run_dir)
+    run.ckpt.save(step, state, run.batches.get_state(), val)
+
+
+def _keep_best(run: _Run, state: dict) -> dict:
+    """An early stop: the run becomes its best checkpoint. Later (worse) ones go, so that jaxvae.load,
+    evaluate and the report see the best parameters, and a resume starts from them."""
+    resilience.delete_after(run.ckpt, run.stopper.best_step)
+    return run.ckpt.restore(state, run.stopper.best_step)[0]
+
+
+def _summarise(run: _Run, graphdef: nnx.GraphDef, state: dict, step: int, record: dict,
+               resumed_from: int | None, t_start: float) -> dict:
+    """Process 0 writes the pictures, summary.json and the report; returns the summary."""
+    c, stopper = run.c, run.stopper
     train_seconds = time.perf_counter() - t_start
     if stopper.exhausted:  # the pictures and the summary show the best checkpoint's parameters
-        say(stopper.message(step))
-    if not writer:  # process 0 alone writes the pictures, the summary and the report
+        run.say(stopper.message(step))
+    if not run.writer:
         return {"steps": c.steps, "process_index": jax.process_index()}
-    say("writing pictures and report...")
-    summary = finish(run_dir, c, graphdef, parallel.host_copy(eval_params(state)), dataset, record)
-    summary.update(wall_time_s=train_seconds, compile_s=compile_s or 0.0,
-                   images_per_s=float(np.median(rates)) if rates else 0.0,
-                   resumed_from_step=start_step if resume else None)
+    run.say("writing pictures and report...")
+    summary = finish(run.run_dir, c, graphdef, parallel.host_copy(eval_params(state)), run.dataset, record)
+    summary.update(wall_time_s=train_seconds, compile_s=run.clock.compile_s or 0.0,
+                   images_per_s=run.clock.median_images_per_s(), resumed_from_step=resumed_from)
     if c.ema:
         summary["ema"] = c.ema  # the pictures and reconstruction_mse are of the EMA parameters
     if stopper.exhausted:
         summary.update(early_stopped_at=step, best_step=stopper.best_step, best_val_loss=stopper.best,
                        early_stop=c.early_stop)
-    run_lib.write_json(run_dir / run_lib.SUMMARY, summary)
-    tb.images(c.steps, {name.removesuffix(".png"): run_dir / name for name in run_lib.PICTURES})
-    _write_report(run_dir)  # reads the run back on this process alone (see Checkpointer's read_only)
-    say(f"trained {step} steps in {train_seconds:.1f} s ({summary['images_per_s']:.0f} img/s); "
-        f"val reconstruction MSE {summary['reconstruction_mse']:.4f}; wrote {run_dir}")
+    run_lib.write_json(run.run_dir / run_lib.SUMMARY, summary)
+    run.tb.images(c.steps, {name.removesuffix(".png"): run.run_dir / name for name in run_lib.PICTURES})
+    _write_report(run.run_dir)  # reads the run back on this process alone (see Checkpointer's read_only)
+    run.say(f"trained {step} steps in {train_seconds:.1f} s ({summary['images_per_s']:.0f} img/s); "
+            f"val reconstruction MSE {summary['reconstruction_mse']:.4f}; wrote {run.run_dir}")
     return summary
+
+
+class Clock:
+    """The loop's wall clock: the first step (tracing and compiling) timed apart, images/s over each
+    logging window, and once, after the compiling step, the steps/s for the time estimate."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self.window_t, self.window_steps, self.rates, self.compile_s = time.perf_counter(), 0, [], None
+        self.measure = None  # (time, step) where the rate for the estimate starts: after the compiling step
+
+    def count(self, step: int, metrics) -> float | None:
+        """Count the step just dispatched; returns steps/s when the estimate is due, once."""
+        self.window_steps += 1
+        if self.compile_s is None:  # the first step traces and compiles: time it apart
+            jax.block_until_ready(metrics)
+            self.compile_s = time.perf_counter() - self.window_t
+            self.new_window()
+            self.measure = (self.window_t, step)
+        elif self.measure is not None and (step - self.measure[1] >= ESTIMATE_STEPS
+                                           or time.perf_counter() - self.measure[0] >= ESTIMATE_SECONDS):
+            jax.block_until_ready(metrics)
+            rate = (step - self.measure[1]) / (time.perf_counter() - self.measure[0])
+            self.measure = None
+            return rate
+        return None
+
+    def images_per_s(self) -> float:
+        """Images/s over the window since the last log; the last value when no step ran in it."""
+        if self.window_steps:
+            self.rates.append(self.window_steps * self.batch_size / (time.perf_counter() - self.window_t))
+        return self.rates[-1] if self.rates else 0.0
+
+    def new_window(self) -> None:
+        self.window_t, self.window_steps = time.perf_counter(), 0
+
+    def median_images_per_s(self) -> float:
+        return float(np.median(self.rates)) if self.rates else 0.0
 
 
 def resolve_dataset_size(c: Config, dataset) -> Config:
@@ -363,7 +466,6 @@ def resolve_dataset_size(c: Config, dataset) -> Config:
         raise ConfigError("--objective btcvae needs the dataset size N, and this training data does not "
                           "give one (streaming?): pass --dataset-size N") from None
     return c.replace(dataset_size=n)
-ESTIMATE_STEPS, ESTIMATE_SECONDS = 50, 5.0  # the time estimate comes after this many measured steps or seconds
 
 
 class EarlyStop:
@@ -398,9 +500,9 @@ class EarlyStop:
                 f"kept the best checkpoint, step {self.best_step} (val_loss {self.best:.2f})")
 
 
-def _note(bar, say, text: str) -> None:
+def _note(run: _Run, text: str) -> None:
     """A line for the user that does not tear the progress bar."""
-    bar.write(text) if not bar.disable else say(text)
+    run.bar.write(text) if not run.bar.disable else run.say(text)
 
 
 def _opening_line(c: Config, preset: str | None, dataset, run_dir: Path) -> str:

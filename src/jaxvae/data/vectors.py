@@ -177,3 +177,6 @@ class VectorBatches:
     def set_state(self, state: dict) -> None:
         self.epoch, self.pos = int(state["epoch"]), int(state["pos"])
         self._order = self._permutation(self.epoch)
+
+    def close(self) -> None:
+        """Nothing to stop (the rows are in memory); BatchIterator's interface."""
