@@ -84,6 +84,9 @@ class Progress:
 # 3.3 at 63, 1.9 at 250 and 0.9 at 1000. Accelerators want large calls and get the cap alone.
 CPU_CALL_MB = 32
 MAX_BATCH = 256  # examples per device call, whatever the cap allows
+# The evaluation's key folded with these gives each use of randomness its own stream (example i's then folds
+# in i, so that no result depends on the chunking).
+SAMPLES_FOLD, DEQUANTIZE_FOLD, MI_FOLD, BINARIZE_FOLD = 0, 1, 2, 3
 PSNR_CAP_DB = 100.0  # a perfect reconstruction has infinite PSNR; JSON holds no infinity
 
 
@@ -160,18 +163,21 @@ def _evaluate_batch(graphdef, params, x, idx, key, *, k: int, plan: Plan, dequan
     """
     model = nnx.merge(graphdef, params)
     clean = x
+
+    def keys(fold: int) -> jax.Array:  # (B,) keys: example i's, of this use of randomness
+        return jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, fold), i))(idx)
+
     if dequantize:  # the density the model was trained on: pixel k -> k + u, u ~ U[0, 1)
-        x = jax.vmap(lambda xi, i: losses.dequantize(xi, jax.random.fold_in(jax.random.fold_in(key, 1), i)))(x, idx)
+        x = jax.vmap(losses.dequantize)(x, keys(DEQUANTIZE_FOLD))
     if binarize:  # static: thresholded; dynamic: a fixed stochastic binarization, example i's from (key, i)
-        x = jax.vmap(lambda xi, i: losses.binarize(xi, binarize, jax.random.fold_in(jax.random.fold_in(key, 3), i)))(
-            x, idx)
+        x = jax.vmap(lambda xi, ki: losses.binarize(xi, binarize, ki))(x, keys(BINARIZE_FOLD))
         clean = x
     prior = priors.of(model)
     p_z = prior.mixture()  # the VampPrior's components are encoded once per batch, not per chunk
     q: DiagonalGaussian = model.encode(x)  # (B, Z)
     b, z_dim = q.mean.shape
     q_k = DiagonalGaussian(q.mean[:, None], q.log_std[:, None])  # (B, 1, Z), broadcasts over samples
-    example_keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(key, 0), i))(idx)  # (B,) keys
+    example_keys = keys(SAMPLES_FOLD)  # (B,) keys
     data_axes = tuple(range(2, x.ndim + 1))  # the axes of one example in (B, Kc, *shape)
 
     ladder = iwae_ladder(k)  # K' = 1, 10, 100, ... < K, and K: sample k < K' feeds IWAE_K'
@@ -397,7 +403,7 @@ def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, 
         "iwae_by_k": {str(kk): _stat(per["iwae_ladder"][:, i]) for i, kk in enumerate(iwae_ladder(iw_samples))},
         "mse": _stat(per["mse"]),
         **diagnostics.collapse(per["posterior_mean"], per["posterior_log_std"], per["kl_per_dim"],
-                               jax.random.fold_in(key, 2), cap_bytes, seed,
+                               jax.random.fold_in(key, MI_FOLD), cap_bytes, seed,
                                kl_total=None if priors.of(model).analytic_kl else per["kl"]),
         "plan": dataclasses.asdict(plan),
         "memory_cap_mb": memory_cap_mb,
