@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxvae.config import Config, ConfigError
+from jaxvae.config import Config, ConfigError, DataOptions
 from jaxvae.data import sources
 from jaxvae.data.dsprites import DSprites, DSpritesImages
 from jaxvae.data.factors import FactorData, FactorTable, integer_factors
@@ -55,24 +55,6 @@ class Dataset:
     kind: str = "images"  # vector data comes as a data.vectors.VectorDataset, kind "vectors"
     train_factors: np.ndarray | None = None  # (N, F) integer factors of the train images, where known
     val_factors: np.ndarray | None = None  # (M, F) the same for val
-
-
-@dataclasses.dataclass(frozen=True)
-class DataOptions:
-    """The settings that turn a `--data` string into an array (a subset of Config)."""
-
-    image_size: int = 64
-    channels: int = 3
-    data_key: str = ""
-    data_range: str = ""
-    background: str = "white"
-    on_bad_image: str = "skip"
-    max_image_pixels: int = 100_000_000
-    cache_dir: str = ""
-
-    @classmethod
-    def from_config(cls, c: Config) -> DataOptions:
-        return cls(**{f.name: getattr(c, f.name) for f in dataclasses.fields(cls)})
 
 
 class Rows:
@@ -175,9 +157,7 @@ def load_images(spec: str, o: DataOptions, *, quiet: bool = False) -> np.ndarray
         _check_dsprites(o)
         return DSpritesImages(o.image_size)
     if src.kind in ("folder", "celeba"):
-        settings = ImageSettings(o.image_size, o.channels, o.background, o.max_image_pixels,
-                                 crop="celeba" if src.kind == "celeba" else "center")
-        folder = ensure_cache(src.path, settings, cache_dir=o.cache_dir, on_bad_image=o.on_bad_image,
+        folder = ensure_cache(src.path, image_settings(o, src.kind), cache_dir=o.cache_dir, on_bad_image=o.on_bad_image,
                               quiet=quiet)
         return open_cache(folder)[0]
     if src.kind == "cache":
@@ -190,6 +170,12 @@ def load_images(spec: str, o: DataOptions, *, quiet: bool = False) -> np.ndarray
         return images
     raw = sources.read_array_source(src, o.data_key)
     return sources.conform(raw, o.image_size, o.channels, o.data_range, name=spec)
+
+
+def image_settings(o: DataOptions, source_kind: str) -> ImageSettings:
+    """What the decoded pixels of a folder (source kind "folder" or "celeba") depend on."""
+    return ImageSettings(o.image_size, o.channels, o.background, o.max_image_pixels,
+                         crop="celeba" if source_kind == "celeba" else "center")
 
 
 def _check_dsprites(o: DataOptions) -> None:
@@ -236,7 +222,7 @@ def load_dataset(c: Config) -> Dataset:
 
     if c.data_dim or vectors.is_vector_source(c.data):
         return vectors.load_vectors(c)
-    o = DataOptions.from_config(c)
+    o = c  # a Config is DataOptions (it inherits their fields)
     images = load_images(c.data, o)
     factors = source_factors(c.data, o, len(images))
     if c.val_data:
