@@ -77,11 +77,6 @@ class DataOptions:
             raise ConfigError(f"unknown background colour {self.background!r}: give a name (white) or #rrggbb"
                               ) from None
 
-    @classmethod
-    def from_config(cls, c: DataOptions) -> DataOptions:
-        """Just the data options of a Config (or of a command's arguments)."""
-        return cls(**{f.name: getattr(c, f.name) for f in dataclasses.fields(cls)})
-
 
 @dataclasses.dataclass(frozen=True)
 class Config(DataOptions):

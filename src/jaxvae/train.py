@@ -231,10 +231,7 @@ def train(c: Config, out: str | Path, overwrite: bool = False, quiet: bool = Fal
     c = resolve_dataset_size(c, dataset)
     check_held_out(c, dataset)  # before anything is written or trained: the pictures need two
     mesh = parallel.data_mesh()  # every device of every process; the batch is sharded over them
-    if dataset.kind == "vectors":
-        batches = vectors.VectorBatches(dataset.train, c.batch_size, seed=c.seed, flip=c.flip)
-    else:
-        batches = parallel.make_batches(dataset.train, c.batch_size, c.seed, c.flip, mesh)
+    batches = dataset.batches(c.batch_size, c.seed, c.flip, mesh)  # images or vectors, sharded over the mesh
     if not resume:
         run_dir = run_lib.create(out, c, overwrite) if writer else Path(out)
     say(_opening_line(c, preset, dataset, run_dir))

@@ -4,10 +4,12 @@ Interface used by the rest of jaxvae:
   load_dataset(config) -> Dataset  with uint8 (N, S, S, C) train and val arrays. For a memory-mapped
       source (a prepared cache, a .npy) they are `Rows` views over the memmap, so nothing is
       loaded into RAM; index them like arrays (int, slice or int array), or np.asarray() them.
-  BatchIterator(images, batch_size, seed, flip)  an endless, resumable iterator of float32
-      batches in [-1, 1]; get_state() / set_state() restore its exact position (data/pipeline.py).
-      Training draws through jaxvae.parallel.make_batches, which shards the same batches (same
-      order, same flips, bit for bit) over the devices of every process.
+      Vector data gives its subclass VectorDataset (data/vectors.py), float32 (N, D) rows.
+  dataset.model_input(rows)  rows of train or val as the model takes them ([-1, 1] images, or vectors).
+  dataset.batches(batch_size, seed, flip, mesh)  the endless, resumable training batches, sharded
+      over the mesh; get_state() / set_state() restore their exact position. Images: through
+      jaxvae.parallel.make_batches over a grain BatchIterator (data/pipeline.py), the same batches
+      (same order, same flips, bit for bit) for any number of devices and processes.
   to_model_range / to_uint8 convert between uint8 pixels and the model's [-1, 1].
 
 Modules: sources (what --data names, array readers), images (one file -> one array), prepare
@@ -22,7 +24,7 @@ or of such an .npz carries the (N, F) integer factors of its train and val image
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -49,12 +51,29 @@ def __getattr__(name: str) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
+    """The train and held-out examples of a run, and how they become model input and batches.
+
+    Images here; vector data is the subclass data.vectors.VectorDataset (kind "vectors"), which
+    load_dataset picks when the config says so (Config.vector_data, the one test).
+    """
+
     train: np.ndarray  # (N, S, S, C) uint8, or Rows of a memmap
     val: np.ndarray  # (M, S, S, C) uint8, or Rows of a memmap
     source: str
-    kind: str = "images"  # vector data comes as a data.vectors.VectorDataset, kind "vectors"
     train_factors: np.ndarray | None = None  # (N, F) integer factors of the train images, where known
     val_factors: np.ndarray | None = None  # (M, F) the same for val
+    kind: ClassVar[str] = "images"
+
+    def model_input(self, rows) -> np.ndarray:
+        """Rows of train or val (n, S, S, C) uint8 -> what the model takes, (n, S, S, C) float32 in [-1, 1]."""
+        return to_model_range(rows)
+
+    def batches(self, batch_size: int, seed: int, flip: bool, mesh):
+        """The endless, resumable training batches (B, S, S, C) float32, sharded over the mesh's `data` axis
+        (parallel.make_batches: on the devices when the set fits there)."""
+        from jaxvae import parallel  # JAX: imported only when training
+
+        return parallel.make_batches(self.train, batch_size, seed, flip, mesh)
 
 
 class Rows:
@@ -217,17 +236,19 @@ def ground_truth(spec: str, o: DataOptions) -> FactorData | None:
 
 
 def load_dataset(c: Config) -> Dataset:
-    """Train and validation images for a config: `val_data` when given, else a val_fraction split."""
+    """Train and validation examples for a config: `val_data` when given, else a val_fraction split.
+
+    Vector data (c.vector_data once data.vectors.resolve_config has set D) is a VectorDataset."""
     from jaxvae.data import vectors  # (N, D) float arrays: data/vectors.py
 
-    if c.data_dim or vectors.is_vector_source(c.data):
+    c = c if c.vector_data else vectors.resolve_config(c)  # D is set when the run was made
+    if c.vector_data:
         return vectors.load_vectors(c)
-    o = c  # a Config is DataOptions (it inherits their fields)
-    images = load_images(c.data, o)
-    factors = source_factors(c.data, o, len(images))
+    images = load_images(c.data, c)  # a Config is DataOptions (it inherits their fields)
+    factors = source_factors(c.data, c, len(images))
     if c.val_data:
-        train, val = images, load_images(c.val_data, o)
-        val_factors = source_factors(c.val_data, o, len(val))
+        train, val = images, load_images(c.val_data, c)
+        val_factors = source_factors(c.val_data, c, len(val))
     else:
         train, val = split(images, c.val_fraction)
         val_factors = None
