@@ -1,13 +1,16 @@
 """Array sources (.npy, .npz, MNIST idx, CIFAR-10 binary), written by the tests to each format's spec."""
 
+import dataclasses
 import gzip
 import struct
 
 import numpy as np
 import pytest
 
-from jaxvae.config import Config, ConfigError
+from jaxvae.cli.data import PrepareArgs, ShowDataArgs
+from jaxvae.config import MAX_IMAGE_PIXELS, Config, ConfigError
 from jaxvae.data import DataOptions, load_images
+from jaxvae.data.images import ImageSettings
 from jaxvae.data.sources import conform, parse_source, to_gray
 
 
@@ -208,3 +211,15 @@ def test_config_data_fields_are_validated(field, value, message):
     assert Config().background == "white" and Config().on_bad_image == "skip"
     with pytest.raises(ConfigError, match=message):
         Config(**{field: value})
+    # the one DataOptions.validate, inherited by every command that reads data
+    for make in (DataOptions, lambda **kw: PrepareArgs(src="shapes", out="c", **kw),
+                 lambda **kw: ShowDataArgs(out="g.png", **kw)):
+        with pytest.raises(ConfigError, match=message):
+            make(**{field: value})
+
+
+def test_the_data_options_are_declared_once():
+    names = [f.name for f in dataclasses.fields(DataOptions)]
+    for cls in (Config, PrepareArgs, ShowDataArgs):
+        assert issubclass(cls, DataOptions) and [f.name for f in dataclasses.fields(cls)][:len(names)] == names
+    assert DataOptions().max_image_pixels == MAX_IMAGE_PIXELS == ImageSettings(8, 3).max_pixels

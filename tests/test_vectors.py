@@ -1,13 +1,21 @@
-"""Vector data: (N, D) arrays from .npy or .csv, standardization, batches, and the config's data_dim."""
+"""Vector data: (N, D) arrays from .npy or .csv, standardization, batches, and the config's data_dim;
+a vector run trained, resumed and loaded."""
 
 from __future__ import annotations
 
+import json
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxvae
+from jaxvae import parallel
 from jaxvae.config import Config, ConfigError
-from jaxvae.data import load_dataset
+from jaxvae.data import Dataset, load_dataset, to_model_range
 from jaxvae.data.vectors import VectorBatches, is_vector_source, load_vectors, read_vectors, resolve_config
+from jaxvae.train import train
 
 
 def write_csv(path, values, header="a,b,c"):
@@ -105,3 +113,84 @@ def test_vector_batches_cover_every_row_and_resume_exactly():
         VectorBatches(rows, 64, seed=0)
     with pytest.raises(ConfigError, match="flip"):
         VectorBatches(rows, 4, seed=0, flip=True)
+
+
+def test_the_dataset_knows_images_from_vectors_and_makes_model_input(tmp_path, values):
+    vectors = load_dataset(Config(data=write_csv(tmp_path / "x.csv", values), arch="mlp"))  # D resolved here
+    assert isinstance(vectors, Dataset) and vectors.kind == "vectors"
+    np.testing.assert_array_equal(vectors.model_input(vectors.val[:3]), vectors.val[:3])  # (3, 3) as they are
+    images = Dataset(train=np.zeros((4, 2, 2, 1), np.uint8), val=np.full((2, 2, 2, 1), 255, np.uint8), source="a")
+    assert images.kind == "images"
+    np.testing.assert_array_equal(images.model_input(images.val), to_model_range(images.val))  # (2, 2, 2, 1) [-1, 1]
+
+
+def test_vector_batches_on_the_mesh_are_the_host_batches_sharded(tmp_path, values):
+    ds = load_dataset(resolve_config(Config(data=write_csv(tmp_path / "x.csv", values), arch="linear")))
+    mesh = parallel.data_mesh()
+    host, ours = VectorBatches(ds.train, 16, seed=2), ds.batches(16, 2, False, mesh)
+    for _ in range(14):  # 190 training rows: 11 batches an epoch, so this crosses into epoch 1
+        batch = next(ours)
+        assert isinstance(batch, jax.Array) and batch.sharding == parallel.batch_sharding(mesh)
+        np.testing.assert_array_equal(np.asarray(batch), next(host))  # (16, 3), bit for bit
+    state, ahead = ours.get_state(), [np.asarray(next(ours)) for _ in range(3)]
+    again = ds.batches(16, 2, False, mesh)
+    again.set_state(state)
+    for a in ahead:
+        np.testing.assert_array_equal(np.asarray(next(again)), a)
+    with pytest.raises(ConfigError, match="flip"):
+        ds.batches(16, 2, True, mesh)
+
+
+# A linear-Gaussian VAE on standardized 3-D vectors: 61 training rows, 7 batches of 8 an epoch.
+LINEAR = dict(arch="linear", z_dim=2, decoder_scale_sharing="shared", standardize=True, beta=1.0, lr=1e-2,
+              batch_size=8, steps=12, log_every=1, eval_every=6, ckpt_every=4, keep=2)
+
+
+@pytest.fixture(scope="module")
+def vector_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vectors")
+    rows = np.random.default_rng(0).normal(loc=[1.0, -2.0, 5.0], scale=[0.5, 2.0, 3.0], size=(64, 3))
+    c = Config(data=write_csv(folder / "x.csv", rows), **LINEAR)
+    train(c, folder / "run", quiet=True)
+    return c, folder / "run"
+
+
+def _digests(run, step: int) -> dict:
+    return json.loads((run / "checkpoints" / str(step) / "integrity" / "metadata").read_text())
+
+
+def test_a_vector_run_extended_mid_epoch_is_bitwise_equal(vector_run, tmp_path):
+    c, reference = vector_run
+    run = tmp_path / "run"
+    train(c.replace(steps=5), run, quiet=True)  # stops in the middle of the first epoch
+    summary = train(c, run, quiet=True, resume=True)  # --steps raised to 12
+    assert summary["resumed_from_step"] == 5
+    assert _digests(run, 12) == _digests(reference, 12)
+
+
+def test_load_of_a_vector_run_encodes_and_reconstructs_in_closed_form(vector_run):
+    c, run = vector_run
+    vae = jaxvae.load(run)
+    x = vae.held_out()  # (3, 3): the held-out rows, standardized with the training split's statistics
+    ds = load_dataset(vae.config)
+    np.testing.assert_array_equal(x, ds.val)
+    np.testing.assert_allclose(ds.transform(ds.val * ds.std + ds.mean), x, atol=1e-5)
+    # The linear model in float64: posterior mean A x + b, decoder mean W z + mu.
+    head = np.asarray(vae.model.encoder.head.kernel[...], np.float64)  # (D, 2Z): [mean | raw scale]
+    bias = np.asarray(vae.model.encoder.head.bias[...], np.float64)  # (2Z,)
+    w = np.asarray(vae.model.decoder.embed.kernel[...], np.float64)  # (Z, D)
+    mu = np.asarray(vae.model.decoder.embed.bias[...], np.float64)  # (D,)
+    z = x @ head[:, :2] + bias[:2]  # (3, Z)
+    q = vae.encode(x)
+    assert q.mean.shape == (3, 2) and q.log_std.shape == (3, 2)
+    np.testing.assert_allclose(q.mean, z, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(q.mean, np.asarray(vae.model.encode(jnp.asarray(x)).mean))
+    np.testing.assert_allclose(vae.reconstruct(x), z @ w + mu, rtol=1e-5, atol=1e-5)  # (3, D)
+    np.testing.assert_allclose(vae.encode(x[0]).mean, z[:1], rtol=1e-5, atol=1e-5)  # one (D,) vector
+    path = vae.interpolate(x[0], x[1], steps=3, method="lerp")  # (3, D): the line between the two
+    np.testing.assert_allclose(path, (np.linspace(0, 1, 3)[:, None] * (z[1] - z[0]) + z[0]) @ w + mu,
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"vectors of shape \(B, 3\)"):
+        vae.encode(np.zeros((1, 16, 16, 3), np.float32))
+    with pytest.raises(ConfigError, match="for images"):
+        vae.reconstruct(x, data_range="01")

@@ -1,7 +1,7 @@
 """The Python API: `jaxvae.load(run_dir)` and what it returns.
 
     vae = jaxvae.load("runs/demo")
-    q = vae.encode(x)            # DiagonalGaussian over z, x (B,S,S,C) in [-1,1]
+    q = vae.encode(x)            # DiagonalGaussian over z, x (B,S,S,C) in [-1,1] (or (B,D) vectors)
     p = vae.decode(q.mean)       # DiagonalGaussian over x
     vae.reconstruct(x); vae.sample(16, seed=0, temperature=0.8)
     vae.sample(16, sampler="gmm")  # from RUN/samplers/gmm.json (jaxvae fit-sampler)
@@ -12,6 +12,11 @@
 Images go in as uint8 [0, 255] (converted) or floats in [-1, 1]; float input with no negative value
 is refused as ambiguous unless data_range="01" (converted by x * 2 - 1) or "pm1" says which it is
 (data.as_model_images).
+
+A vector run (config.vector_data) takes and gives (B, D) vectors in the model's units, as `evaluate`
+takes them and `held_out` returns them: standardized with the training split's mean and std when the
+run was trained with --standardize (data.load_dataset(vae.config).transform(raw) standardizes new raw
+vectors; `jaxvae encode --data new.csv` does it for you), else the raw values.
 
 Loading only reads the run: config.json and the parameters of one checkpoint, by default the best by
 validation loss (`checkpoint="latest"` or a step number pick another), their EMA when the run was
@@ -68,6 +73,22 @@ class TrainedVAE:
         c = self.config
         return (c.image_size, c.image_size, c.channels)
 
+    def _inputs(self, x, name: str = "x", data_range: str = "") -> np.ndarray:
+        """What the model takes: (B, S, S, C) images in [-1, 1] (see _images), or (B, D) vectors (_vectors)."""
+        return self._vectors(x, name, data_range) if self.config.vector_data else self._images(x, name, data_range)
+
+    def _vectors(self, x, name: str = "x", data_range: str = "") -> np.ndarray:
+        """(B, D) vectors (or one (D,) vector) in the model's units -> (B, D) float32, as given."""
+        if data_range:
+            raise ConfigError(f"data_range={data_range!r} is for images; vectors go in as the model takes them")
+        x = np.asarray(x)
+        if x.ndim == 1:
+            x = x[None]
+        if x.ndim != 2 or x.shape[1:] != self.config.data_shape or x.dtype.kind not in "fiu":
+            raise ValueError(f"{name} must be numeric vectors of shape (B, {self.config.data_dim}); "
+                             f"got shape {x.shape}, dtype {x.dtype}")
+        return x.astype(np.float32)
+
     def _images(self, x, name: str = "x", data_range: str = "") -> np.ndarray:
         """NHWC images (or one HWC image) by data.as_model_images' rule: uint8 [0, 255] converted,
         floats in [-1, 1] (or [0, 1] with data_range="01"); anything else raises ConfigError."""
@@ -84,9 +105,7 @@ class TrainedVAE:
         them: images float32 (n, S, S, C) in [-1, 1] (uint8 [0, 255] with as_uint8), or vectors."""
         ds = data_lib.load_dataset(self.config)
         rows = np.asarray(ds.val[:n] if n is not None else ds.val)
-        if ds.kind == "vectors" or as_uint8:
-            return rows
-        return data_lib.to_model_range(rows)
+        return rows if as_uint8 else ds.model_input(rows)
 
     def _latents(self, z) -> np.ndarray:
         z = np.asarray(z, np.float32)
@@ -95,18 +114,20 @@ class TrainedVAE:
         return z
 
     def encode(self, x, data_range: str = "") -> DiagonalGaussian:
-        """q(z|x) for images x (uint8, or floats: see _images): mean and log_std of shape (B, Z), as numpy."""
-        q = _encode(self.model, self._images(x, data_range=data_range))
+        """q(z|x) for images x (uint8, or floats: see _images) or vectors x (B, D) in the model's units:
+        mean and log_std of shape (B, Z), as numpy."""
+        q = _encode(self.model, self._inputs(x, data_range=data_range))
         return jax.tree.map(np.asarray, q)
 
     def decode(self, z) -> DiagonalGaussian:
-        """p(x|z) for latents z (B, Z): mean and log_std of shape (B, S, S, C), as numpy."""
+        """p(x|z) for latents z (B, Z): mean and log_std of shape (B, S, S, C) (vectors: (B, D)), as numpy."""
         p = _decode(self.model, self._latents(z))
         return jax.tree.map(np.asarray, p)
 
     def reconstruct(self, x, data_range: str = "") -> np.ndarray:
-        """Decoder means at the posterior means, float32 in [-1, 1] (jaxvae.to_uint8 makes images of them)."""
-        return sample_lib.reconstruct(self.model, self._images(x, data_range=data_range))
+        """Decoder means at the posterior means: images float32 in [-1, 1] (jaxvae.to_uint8 makes images of
+        them), or (B, D) vectors in the model's units."""
+        return sample_lib.reconstruct(self.model, self._inputs(x, data_range=data_range))
 
     def sample(self, n: int, seed: int = 0, temperature: float = 1.0, sampler: str | None = None) -> np.ndarray:
         """n decoded draws of the prior, or with sampler="gmm" of the run's fitted sampler (jaxvae fit-sampler)."""
@@ -126,9 +147,9 @@ class TrainedVAE:
         return sample_lib.decode_mean(self.model, fitted.sample(n, seed, temperature))
 
     def interpolate(self, x0, x1, steps: int = 10, method: str = "slerp", data_range: str = "") -> np.ndarray:
-        a, b = self._images(x0, "x0", data_range), self._images(x1, "x1", data_range)
+        a, b = self._inputs(x0, "x0", data_range), self._inputs(x1, "x1", data_range)
         if len(a) != 1 or len(b) != 1:
-            raise ValueError("interpolate takes one image for x0 and one for x1")
+            raise ValueError("interpolate takes one example (image or vector) for x0 and one for x1")
         return sample_lib.interpolate(self.model, a[0], b[0], steps, method)
 
 

@@ -29,9 +29,59 @@ class ConfigError(ValueError):
     """A user-facing problem with the given settings (printed as one line by the CLI)."""
 
 
+MAX_IMAGE_PIXELS = 100_000_000  # larger images are refused as decompression bombs (--max-image-pixels)
+
+
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """Everything that defines a training run. Defaults are the chapter's (`seed` preset)."""
+class DataOptions:
+    """The settings that turn a `--data` string into an image array, declared once: `Config`, `jaxvae
+    prepare` and `jaxvae show-data` inherit these fields (and so their flags), and validate them here."""
+
+    image_size: int = 64
+    """Side length S of the square images (the model's input when training)."""
+    channels: int = 3
+    """Image channels (3 for RGB, 1 for grayscale)."""
+    data_key: str = ""
+    """Name of the array inside an .npz file (needed when it holds several)."""
+    data_range: str = ""
+    """Value range of float arrays: 01 for [0, 1], pm1 for [-1, 1] (uint8 data needs none)."""
+    background: str = "white"
+    """Colour that transparent images are composited over when a folder is prepared (name or #rrggbb)."""
+    on_bad_image: str = "skip"
+    """A corrupt, truncated, empty or non-image file when a folder is prepared: skip (listed in
+    manifest.json) or error (stop, naming the file)."""
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    """Larger images are refused as decompression bombs when a folder is prepared."""
+    cache_dir: str = ""
+    """Where folders are prepared for training (default $XDG_CACHE_HOME/jaxvae or ~/.cache/jaxvae)."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first data setting that cannot work (numbers first: check_numbers)."""
+        check_numbers(self)
+        _check(isinstance(self.image_size, int) and self.image_size > 0,
+               f"image_size must be a positive integer, got {self.image_size!r}")
+        _check(self.image_size <= MAX_IMAGE_SIZE,
+               f"image_size {self.image_size} is over {MAX_IMAGE_SIZE} pixels a side")
+        _check(self.channels in (1, 3), f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}")
+        _check(self.data_range in ("", "01", "pm1"), f"unknown data_range {self.data_range!r}: choose 01 or pm1")
+        _check(self.on_bad_image in ("skip", "error"),
+               f"unknown on_bad_image {self.on_bad_image!r}: choose skip or error")
+        _check(isinstance(self.max_image_pixels, int) and self.max_image_pixels > 0,
+               f"max_image_pixels must be a positive integer, got {self.max_image_pixels!r}")
+        try:
+            ImageColor.getrgb(self.background)
+        except ValueError:
+            raise ConfigError(f"unknown background colour {self.background!r}: give a name (white) or #rrggbb"
+                              ) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(DataOptions):
+    """Everything that defines a training run. Defaults are the chapter's (`seed` preset).
+    The data options (image_size, channels, data_key, ...) are DataOptions' fields, inherited."""
 
     # --- data -------------------------------------------------------------------------------
     data: str = "shapes"
@@ -40,27 +90,10 @@ class Config:
     test files)."""
     val_data: str = ""
     """Explicit validation data (any --data source); when given, val_fraction is not used."""
-    data_key: str = ""
-    """Name of the array inside an .npz file (needed when it holds several)."""
-    data_range: str = ""
-    """Value range of float arrays: 01 for [0, 1], pm1 for [-1, 1] (uint8 data needs none)."""
-    image_size: int = 64
-    """Side length S of the square images the model sees."""
-    channels: int = 3
-    """Image channels (3 for RGB, 1 for grayscale)."""
     val_fraction: float = 0.05
     """Deterministic held-out fraction for validation (the chapter's 95/5)."""
     flip: bool = False
     """Random horizontal flips on training batches."""
-    background: str = "white"
-    """Colour that transparent images are composited over when a folder is prepared (name or #rrggbb)."""
-    on_bad_image: str = "skip"
-    """A corrupt, truncated, empty or non-image file when a folder is prepared: skip (listed in
-    manifest.json) or error (stop, naming the file)."""
-    max_image_pixels: int = 100_000_000
-    """Larger images are refused as decompression bombs when a folder is prepared."""
-    cache_dir: str = ""
-    """Where folders are prepared for training (default $XDG_CACHE_HOME/jaxvae or ~/.cache/jaxvae)."""
     data_dim: int = 0
     """D of vector data (an (N, D) .npy or a .csv with a header as --data), set when training starts; 0: images."""
     standardize: bool = False
@@ -169,8 +202,14 @@ class Config:
     max_bad_steps: int = 20
     """N non-finite (skipped) steps in a row roll back to the last good checkpoint at half the lr; twice stops."""
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
+        """Raise ConfigError naming the first setting that cannot work (run by __post_init__)."""
         validate(self)
+
+    @property
+    def vector_data(self) -> bool:
+        """The one test of images vs vectors: vector data has D = data_dim > 0 (see data.vectors)."""
+        return self.data_dim > 0
 
     @property
     def num_patches(self) -> int:
@@ -184,7 +223,7 @@ class Config:
     @property
     def data_shape(self) -> tuple[int, ...]:
         """One example's shape: (data_dim,) for vector data, else (image_size, image_size, channels)."""
-        return (self.data_dim,) if self.data_dim else (self.image_size, self.image_size, self.channels)
+        return (self.data_dim,) if self.vector_data else (self.image_size, self.image_size, self.channels)
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -222,24 +261,6 @@ def parse_mults(text: str) -> tuple[int, ...]:
     if not mults or min(mults) < 1:
         raise ConfigError(f"channel_mults must be comma-separated positive integers such as 1,2,4; got {text!r}")
     return mults
-
-
-def check_data_options(*, image_size: int, channels: int, data_range: str = "", background: str = "white",
-                       on_bad_image: str = "skip", max_image_pixels: int = 1) -> None:
-    """The data settings' checks, shared by `Config` and the `prepare` / `show-data` commands."""
-    _check(isinstance(image_size, int) and image_size > 0,
-           f"image_size must be a positive integer, got {image_size!r}")
-    _check(image_size <= MAX_IMAGE_SIZE, f"image_size {image_size} is over {MAX_IMAGE_SIZE} pixels a side")
-    _check(channels in (1, 3), f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
-    _check(data_range in ("", "01", "pm1"), f"unknown data_range {data_range!r}: choose 01 or pm1")
-    _check(on_bad_image in ("skip", "error"), f"unknown on_bad_image {on_bad_image!r}: choose skip or error")
-    _check(isinstance(max_image_pixels, int) and max_image_pixels > 0,
-           f"max_image_pixels must be a positive integer, got {max_image_pixels!r}")
-    try:
-        ImageColor.getrgb(background)
-    except ValueError:
-        raise ConfigError(f"unknown background colour {background!r}: give a name (white) or #rrggbb"
-                          ) from None
 
 
 # Latent traversals (latents.traverse, `jaxvae traverse`, the report): each row sweeps one dimension over
@@ -285,10 +306,8 @@ def parse_args(cls, argv: list[str], prog: str, default=None):
 
 def validate(c: Config) -> None:
     """Raise ConfigError naming the first setting that cannot work."""
-    check_numbers(c)
-    check_data_options(image_size=c.image_size, channels=c.channels, data_range=c.data_range,
-                       background=c.background, on_bad_image=c.on_bad_image,
-                       max_image_pixels=c.max_image_pixels)
+    DataOptions.validate(c)  # the numbers of every field, then the data options
+    _check(isinstance(c.data_dim, int) and c.data_dim >= 0, f"data_dim must be >= 0, got {c.data_dim!r}")
     for name in ("image_size", "channels", "patch_size", "hidden", "depth", "heads", "mlp_ratio", "blocks",
                  "z_dim", "batch_size", "steps", "log_every", "eval_every", "ckpt_every"):
         value = getattr(c, name)
@@ -298,22 +317,21 @@ def validate(c: Config) -> None:
         _check(c.image_size % c.patch_size == 0,
                f"patch_size {c.patch_size} does not divide image_size {c.image_size}")
         _check(c.hidden % c.heads == 0, f"heads {c.heads} does not divide hidden {c.hidden}")
-        _check(c.data_dim == 0, "vector data (data_dim > 0) needs --arch mlp or --arch linear, not transformer")
+        _check(not c.vector_data, "vector data (data_dim > 0) needs --arch mlp or --arch linear, not transformer")
     parse_mults(c.channel_mults)  # refused whatever the arch, so a typo never waits for --arch conv
     if c.arch == "conv":
-        _check(c.data_dim == 0, "vector data (data_dim > 0) needs --arch mlp or --arch linear, not conv")
+        _check(not c.vector_data, "vector data (data_dim > 0) needs --arch mlp or --arch linear, not conv")
         levels = len(c.conv_mults)
         side = c.patch_size * 2**levels
         _check(c.image_size % side == 0,
                f"image_size {c.image_size} is not divisible by patch_size x 2^levels = {c.patch_size} x "
                f"{2**levels} = {side}, as the conv's {levels} levels (channel_mults {c.channel_mults}) need; "
                f"use fewer levels, a smaller --patch-size or another image size")
-    _check(isinstance(c.data_dim, int) and c.data_dim >= 0, f"data_dim must be >= 0, got {c.data_dim!r}")
     _check(c.likelihood in LIKELIHOODS, f"unknown likelihood {c.likelihood!r}: choose one of {', '.join(LIKELIHOODS)}")
     _check(isinstance(c.mixtures, int) and c.mixtures >= 1, f"mixtures must be a positive integer, got {c.mixtures!r}")
     _check(not (c.mixtures > 1 and c.likelihood != "logistic"), "--mixtures is for --likelihood logistic")
     if c.likelihood == "logistic":
-        _check(c.data_dim == 0, "--likelihood logistic is for 8-bit images, not vector data")
+        _check(not c.vector_data, "--likelihood logistic is for 8-bit images, not vector data")
         _check(not c.dequantize, "--dequantize is for a gaussian likelihood; the discretized logistic already "
                                  "gives each 8-bit value its probability")
     _check(c.decoder_scale_sharing in SCALE_SHARINGS,
@@ -321,7 +339,7 @@ def validate(c: Config) -> None:
     _check(isinstance(c.kl_warmup_steps, int) and c.kl_warmup_steps >= 0,
            f"kl_warmup_steps must be >= 0, got {c.kl_warmup_steps!r}")
     _check(c.free_bits >= 0, f"free_bits must be >= 0, got {c.free_bits}")
-    _check(not (c.dequantize and c.data_dim), "--dequantize is for 8-bit images, not vector data")
+    _check(not (c.dequantize and c.vector_data), "--dequantize is for 8-bit images, not vector data")
     _check(not (c.standardize and c.likelihood == "bernoulli"),
            "--standardize does not go with a bernoulli likelihood, whose data must stay 0/1")
     _check(not (c.dequantize and c.likelihood == "bernoulli"),
@@ -368,7 +386,7 @@ def check_objective_options(c: Config) -> None:
     _check(c.binarize in BINARIZE, f"unknown binarize {c.binarize!r}: choose static or dynamic")
     _check(not (c.binarize and c.likelihood != "bernoulli"),
            f"--binarize {c.binarize} is for a bernoulli likelihood, not {c.likelihood} (which models the pixel values)")
-    _check(not (c.binarize and c.data_dim), "--binarize is for 8-bit images, not vector data")
+    _check(not (c.binarize and c.vector_data), "--binarize is for 8-bit images, not vector data")
 
 
 # The chapter's exact setting: hidden 256, z 64, 8x8 patches of 64x64x3, depth 4, 4 heads,

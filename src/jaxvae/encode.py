@@ -129,7 +129,7 @@ def load_examples(c: Config, spec: str, data_key: str = "", data_range: str = ""
 
     want = c.data_shape
     vector_source = vectors.is_vector_source(spec)
-    if c.data_dim:
+    if c.vector_data:
         if not vector_source:
             raise ConfigError(f"--data {spec} does not hold (N, D) vectors, but the run takes examples of shape {want}")
         values, _ = vectors.read_vectors(spec)
@@ -156,7 +156,7 @@ def source_extras(c: Config, spec: str) -> dict[str, np.ndarray]:
     from jaxvae import data as data_lib
     from jaxvae.data import shapes, sources
 
-    if c.data_dim:
+    if c.vector_data:
         return {}
     src = sources.parse_source(spec)
     if src.kind == "shapes":

@@ -254,7 +254,7 @@ def _check_data(data, c: Config) -> tuple[np.ndarray, bool]:
         data = np.asarray(data)
     expect = c.data_shape
     if data.ndim != 1 + len(expect) or tuple(data.shape[1:]) != expect:
-        what = "vectors" if c.data_dim else "NHWC images"
+        what = "vectors" if c.vector_data else "NHWC images"
         raise ConfigError(f"data has shape {tuple(data.shape)}, but this model takes {what} of shape "
                           f"(N, {', '.join(map(str, expect))})")
     if data.shape[0] < 1:
@@ -309,7 +309,7 @@ def estimate_seconds(vae, data, iw_samples: int = 100, *, config: Config | None 
     for _ in range(2):  # the first call compiles
         t0 = time.perf_counter()
         jax.block_until_ready(_evaluate_batch(graphdef, params, x, idx, jax.random.key(0), k=probe.samples,
-                                              plan=probe, dequantize=False, images=not c.data_dim))
+                                              plan=probe, dequantize=False, images=not c.vector_data))
         times.append(time.perf_counter() - t0)
     rate = probe.examples * probe.samples / max(times[-1], 1e-6)
     return decodes, decodes / rate
@@ -341,7 +341,7 @@ def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, 
     """
     model, c = _unpack(vae, config)
     data, eight_bit = _check_data(data, c)
-    if not c.data_dim and not eight_bit:  # float images: one rule for their range, as for vae.encode
+    if not c.vector_data and not eight_bit:  # float images: one rule for their range, as for vae.encode
         from jaxvae.data import as_model_images
 
         data = as_model_images(data, data_range, "data")
@@ -349,7 +349,7 @@ def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, 
         raise ConfigError(f"iw_samples must be a positive integer, got {iw_samples!r}")
     if not (math.isfinite(memory_cap_mb) and memory_cap_mb > 0):  # NaN fails every comparison
         raise ConfigError(f"memory_cap_mb must be a finite number > 0, got {memory_cap_mb}")
-    n, images = len(data), not c.data_dim
+    n, images = len(data), not c.vector_data
     cap_bytes = int(memory_cap_mb * 2**20)
     call_bytes = min(cap_bytes, CPU_CALL_MB * 2**20) if jax.default_backend() == "cpu" else cap_bytes
     plan = plan_chunks(iw_samples, n, bytes_per_sample(c), call_bytes)
@@ -500,7 +500,7 @@ def disentanglement_ground_truth(c: Config, data: str = ""):
     from jaxvae import data as data_lib
 
     spec = data or c.data
-    truth = None if c.data_dim else data_lib.ground_truth(spec, data_lib.DataOptions.from_config(c))
+    truth = None if c.vector_data else data_lib.ground_truth(spec, c)
     if truth is None:
         raise ConfigError(f"--disentanglement needs data with known factors (dsprites, shapes, or an .npz with a "
                           f"`factors` array), and {spec} has none")

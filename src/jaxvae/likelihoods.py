@@ -55,7 +55,7 @@ class BernoulliHead(nnx.Module):
 
     def __init__(self, c: Config):
         # The two values: the ends of the pixel range for images, 0/1 for vector data.
-        self.support = (0.0, 1.0) if c.data_dim else (-1.0, 1.0)
+        self.support = (0.0, 1.0) if c.vector_data else (-1.0, 1.0)
 
     def __call__(self, out: jax.Array) -> Bernoulli:
         return Bernoulli(out.astype(jnp.float32), *self.support)

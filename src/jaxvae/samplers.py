@@ -152,14 +152,12 @@ def load_sampler(run_dir: str | Path, kind: str = "gmm") -> GMMSampler:
         raise RunError(f"{path} is not a readable {kind} sampler: {e}") from None
 
 
-def model_inputs(c, rows: np.ndarray, kind: str, seed: int) -> np.ndarray:
-    """Data rows as the model sees them: [-1, 1] images (binarized as the model was trained) or vectors."""
-    from jaxvae import data as data_lib
+def model_inputs(c, dataset, rows: np.ndarray, seed: int) -> np.ndarray:
+    """Rows of `dataset` as the model sees them (dataset.model_input: [-1, 1] images or vectors), images
+    binarized as the model was trained (c.binarize, images only)."""
     from jaxvae import losses
 
-    if kind == "vectors":
-        return np.asarray(rows, np.float32)
-    x = data_lib.to_model_range(rows)
+    x = dataset.model_input(rows)
     if c.binarize:
         x = np.asarray(losses.binarize(x, c.binarize, jax.random.key(seed)))
     return x

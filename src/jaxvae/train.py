@@ -172,23 +172,20 @@ def make_eval_step(graphdef: nnx.GraphDef, c: Config):
     return eval_step
 
 
-def model_input(rows: np.ndarray, kind: str) -> np.ndarray:
-    """uint8 images -> float32 [-1, 1]; vector data (kind "vectors") already is the model's input."""
-    return rows if kind == "vectors" else data_lib.to_model_range(rows)
-
-
 VAL_KEYS = ("loss", "reconstruction_loss", "kl_loss", "x_std", "z_std")
 
 
-def validation_metrics(eval_step, params, val: np.ndarray, c: Config, kind: str = "images") -> dict:
+def validation_metrics(eval_step, params, val: np.ndarray, c: Config,
+                       to_input: Callable[[np.ndarray], np.ndarray] = data_lib.to_model_range) -> dict:
     """The chapter's five metrics on a fixed set of held-out examples with fixed noise, as val_<name>:
-    comparable across steps. It uses the full beta, so a warm-up does not flatter early values."""
+    comparable across steps. It uses the full beta, so a warm-up does not flatter early values.
+    to_input: rows of `val` -> the model's input (the dataset's model_input; images by default)."""
     n = min(len(val), VAL_IMAGES)
     bs = min(c.batch_size, n)
     key = jax.random.key(c.seed + VAL_KEY_OFFSET)
     totals = []
     for i, lo in enumerate(range(0, n - bs + 1, bs)):
-        m = eval_step(params, model_input(val[lo:lo + bs], kind), jax.random.fold_in(key, i))
+        m = eval_step(params, to_input(val[lo:lo + bs]), jax.random.fold_in(key, i))
         totals.append([float(m[k]) for k in VAL_KEYS])
     return {f"val_{k}": float(v) for k, v in zip(VAL_KEYS, np.mean(totals, axis=0), strict=True)}
 
@@ -197,8 +194,8 @@ def check_held_out(c: Config, dataset) -> None:
     """Training needs held-out examples: the validation loss, the best checkpoint, the summary's MSE and
     the pictures (an interpolation takes two images) come from them. Without any (--val-fraction 0)
     or with one, refuse before training rather than fail after it; the message says what to pass."""
-    need = 1 if dataset.kind == "vectors" else 2
-    n_val, what = len(dataset.val), "example" if dataset.kind == "vectors" else "image"
+    need = 1 if c.vector_data else 2
+    n_val, what = len(dataset.val), "example" if c.vector_data else "image"
     if n_val >= need:
         return
     if c.val_data:
@@ -316,10 +313,7 @@ def _open(c: Config, out: str | Path, overwrite: bool, quiet: bool, resume: bool
     c = resolve_dataset_size(c, dataset)
     check_held_out(c, dataset)  # before anything is written or trained: the pictures need two
     mesh = parallel.data_mesh()  # every device of every process; the batch is sharded over them
-    if dataset.kind == "vectors":
-        batches = vectors.VectorBatches(dataset.train, c.batch_size, seed=c.seed, flip=c.flip)
-    else:
-        batches = parallel.make_batches(dataset.train, c.batch_size, c.seed, c.flip, mesh)
+    batches = dataset.batches(c.batch_size, c.seed, c.flip, mesh)  # images or vectors, sharded over the mesh
     run_dir = run_lib.create(out, c, overwrite) if writer and not resume else Path(out)
     say(_opening_line(c, preset, dataset, run_dir))
     parallel.barrier("run directory created")
@@ -353,7 +347,7 @@ def _diverging(c: Config, state: dict, step: int, syncs: bool) -> bool:
 
 
 def _validate(run: _Run, state: dict) -> dict:
-    return validation_metrics(run.eval_step, eval_params(state), run.dataset.val, run.c, run.dataset.kind)
+    return validation_metrics(run.eval_step, eval_params(state), run.dataset.val, run.c, run.dataset.model_input)
 
 
 def _log(run: _Run, step: int, metrics: dict, state: dict, is_eval: bool) -> dict:
@@ -508,7 +502,7 @@ def _note(run: _Run, text: str) -> None:
 def _opening_line(c: Config, preset: str | None, dataset, run_dir: Path) -> str:
     what = f"preset {preset}" if preset else "config"
     data = (f"{len(dataset.train)} training and {len(dataset.val)} held-out "
-            f"{'vectors' if dataset.kind == 'vectors' else 'images'} from {c.data}")
+            f"{'vectors' if c.vector_data else 'images'} from {c.data}")
     extras = [f"lr schedule {c.lr_schedule}" + (f" (warm-up {c.warmup_steps})" if c.warmup_steps else "")]
     extras += [f"EMA {c.ema:g}"] if c.ema else []
     extras += [f"early stop after {c.early_stop} evaluations without improvement"] if c.early_stop else []
@@ -558,7 +552,7 @@ def finish(run_dir: Path, c: Config, graphdef, params, dataset, last: dict) -> d
 
     model = nnx.merge(graphdef, params)
     keys = ("loss", "reconstruction_loss", "kl_loss", "x_std", "z_std", "val_loss", "skipped_steps", "rollbacks")
-    if dataset.kind == "vectors":  # no pictures of vectors: the curves, and the error in data units
+    if c.vector_data:  # no pictures of vectors: the curves, and the error in data units
         plots.curves(run_lib.read_metrics(run_dir), run_dir / "curves.png")
         x = dataset.val[:VAL_IMAGES]
         mse = float(np.mean((sample.reconstruct(model, x) - x) ** 2))

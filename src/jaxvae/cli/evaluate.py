@@ -59,7 +59,7 @@ def evaluation_data(vae, a: EvaluateArgs):
         raise ConfigError(f"unknown split {a.split!r}: choose val or train")
     if a.data and a.split == "train":
         raise ConfigError("--split picks from the run's own data; with --data every example of it is evaluated")
-    if a.data and c.data_dim:  # new vectors, standardized as the training data was
+    if a.data and c.vector_data:  # new vectors, standardized as the training data was
         values, _ = vectors.read_vectors(a.data)
         if values.shape[1] != c.data_dim:
             raise ConfigError(f"--data {a.data} has D = {values.shape[1]} columns but the run was trained on "

@@ -147,8 +147,8 @@ def fit_sampler(argv: list[str]) -> int:
         train, held = train[:-cut], train[-cut:]
     if len(train) == 0:
         raise ConfigError(f"{vae.config.data} has too few examples to fit a sampler")
-    fitted = samplers.fit_sampler(vae, samplers.model_inputs(vae.config, np.asarray(train), dataset.kind, a.seed),
-                                  samplers.model_inputs(vae.config, np.asarray(held), dataset.kind, a.seed + 1),
+    fitted = samplers.fit_sampler(vae, samplers.model_inputs(vae.config, dataset, np.asarray(train), a.seed),
+                                  samplers.model_inputs(vae.config, dataset, np.asarray(held), a.seed + 1),
                                   a.components, a.seed, a.covariance)
     path = samplers.save_sampler(vae.run_dir, fitted, a.kind)
     print(f"wrote {path}: held-out latent log-likelihood {fitted.heldout_loglik_sampler:.3f} nats under the "

@@ -4,10 +4,12 @@ Interface used by the rest of jaxvae:
   load_dataset(config) -> Dataset  with uint8 (N, S, S, C) train and val arrays. For a memory-mapped
       source (a prepared cache, a .npy) they are `Rows` views over the memmap, so nothing is
       loaded into RAM; index them like arrays (int, slice or int array), or np.asarray() them.
-  BatchIterator(images, batch_size, seed, flip)  an endless, resumable iterator of float32
-      batches in [-1, 1]; get_state() / set_state() restore its exact position (data/pipeline.py).
-      Training draws through jaxvae.parallel.make_batches, which shards the same batches (same
-      order, same flips, bit for bit) over the devices of every process.
+      Vector data gives its subclass VectorDataset (data/vectors.py), float32 (N, D) rows.
+  dataset.model_input(rows)  rows of train or val as the model takes them ([-1, 1] images, or vectors).
+  dataset.batches(batch_size, seed, flip, mesh)  the endless, resumable training batches, sharded
+      over the mesh; get_state() / set_state() restore their exact position. Images: through
+      jaxvae.parallel.make_batches over a grain BatchIterator (data/pipeline.py), the same batches
+      (same order, same flips, bit for bit) for any number of devices and processes.
   to_model_range / to_uint8 convert between uint8 pixels and the model's [-1, 1].
 
 Modules: sources (what --data names, array readers), images (one file -> one array), prepare
@@ -22,11 +24,11 @@ or of such an .npz carries the (N, F) integer factors of its train and val image
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from jaxvae.config import Config, ConfigError
+from jaxvae.config import Config, ConfigError, DataOptions
 from jaxvae.data import sources
 from jaxvae.data.dsprites import DSprites, DSpritesImages
 from jaxvae.data.factors import FactorData, FactorTable, integer_factors
@@ -49,30 +51,29 @@ def __getattr__(name: str) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
+    """The train and held-out examples of a run, and how they become model input and batches.
+
+    Images here; vector data is the subclass data.vectors.VectorDataset (kind "vectors"), which
+    load_dataset picks when the config says so (Config.vector_data, the one test).
+    """
+
     train: np.ndarray  # (N, S, S, C) uint8, or Rows of a memmap
     val: np.ndarray  # (M, S, S, C) uint8, or Rows of a memmap
     source: str
-    kind: str = "images"  # vector data comes as a data.vectors.VectorDataset, kind "vectors"
     train_factors: np.ndarray | None = None  # (N, F) integer factors of the train images, where known
     val_factors: np.ndarray | None = None  # (M, F) the same for val
+    kind: ClassVar[str] = "images"
 
+    def model_input(self, rows) -> np.ndarray:
+        """Rows of train or val (n, S, S, C) uint8 -> what the model takes, (n, S, S, C) float32 in [-1, 1]."""
+        return to_model_range(rows)
 
-@dataclasses.dataclass(frozen=True)
-class DataOptions:
-    """The settings that turn a `--data` string into an array (a subset of Config)."""
+    def batches(self, batch_size: int, seed: int, flip: bool, mesh):
+        """The endless, resumable training batches (B, S, S, C) float32, sharded over the mesh's `data` axis
+        (parallel.make_batches: on the devices when the set fits there)."""
+        from jaxvae import parallel  # JAX: imported only when training
 
-    image_size: int = 64
-    channels: int = 3
-    data_key: str = ""
-    data_range: str = ""
-    background: str = "white"
-    on_bad_image: str = "skip"
-    max_image_pixels: int = 100_000_000
-    cache_dir: str = ""
-
-    @classmethod
-    def from_config(cls, c: Config) -> DataOptions:
-        return cls(**{f.name: getattr(c, f.name) for f in dataclasses.fields(cls)})
+        return parallel.make_batches(self.train, batch_size, seed, flip, mesh)
 
 
 class Rows:
@@ -175,9 +176,7 @@ def load_images(spec: str, o: DataOptions, *, quiet: bool = False) -> np.ndarray
         _check_dsprites(o)
         return DSpritesImages(o.image_size)
     if src.kind in ("folder", "celeba"):
-        settings = ImageSettings(o.image_size, o.channels, o.background, o.max_image_pixels,
-                                 crop="celeba" if src.kind == "celeba" else "center")
-        folder = ensure_cache(src.path, settings, cache_dir=o.cache_dir, on_bad_image=o.on_bad_image,
+        folder = ensure_cache(src.path, image_settings(o, src.kind), cache_dir=o.cache_dir, on_bad_image=o.on_bad_image,
                               quiet=quiet)
         return open_cache(folder)[0]
     if src.kind == "cache":
@@ -190,6 +189,12 @@ def load_images(spec: str, o: DataOptions, *, quiet: bool = False) -> np.ndarray
         return images
     raw = sources.read_array_source(src, o.data_key)
     return sources.conform(raw, o.image_size, o.channels, o.data_range, name=spec)
+
+
+def image_settings(o: DataOptions, source_kind: str) -> ImageSettings:
+    """What the decoded pixels of a folder (source kind "folder" or "celeba") depend on."""
+    return ImageSettings(o.image_size, o.channels, o.background, o.max_image_pixels,
+                         crop="celeba" if source_kind == "celeba" else "center")
 
 
 def _check_dsprites(o: DataOptions) -> None:
@@ -231,17 +236,19 @@ def ground_truth(spec: str, o: DataOptions) -> FactorData | None:
 
 
 def load_dataset(c: Config) -> Dataset:
-    """Train and validation images for a config: `val_data` when given, else a val_fraction split."""
+    """Train and validation examples for a config: `val_data` when given, else a val_fraction split.
+
+    Vector data (c.vector_data once data.vectors.resolve_config has set D) is a VectorDataset."""
     from jaxvae.data import vectors  # (N, D) float arrays: data/vectors.py
 
-    if c.data_dim or vectors.is_vector_source(c.data):
+    c = c if c.vector_data else vectors.resolve_config(c)  # D is set when the run was made
+    if c.vector_data:
         return vectors.load_vectors(c)
-    o = DataOptions.from_config(c)
-    images = load_images(c.data, o)
-    factors = source_factors(c.data, o, len(images))
+    images = load_images(c.data, c)  # a Config is DataOptions (it inherits their fields)
+    factors = source_factors(c.data, c, len(images))
     if c.val_data:
-        train, val = images, load_images(c.val_data, o)
-        val_factors = source_factors(c.val_data, o, len(val))
+        train, val = images, load_images(c.val_data, c)
+        val_factors = source_factors(c.val_data, c, len(val))
     else:
         train, val = split(images, c.val_fraction)
         val_factors = None

@@ -27,6 +27,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageColor, ImageOps
 
+from jaxvae.config import MAX_IMAGE_PIXELS
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 CELEBA_CROP_FRACTION = 140 / 178
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # integer gray; PNG 16-bit opens as I;16
@@ -44,7 +46,7 @@ class ImageSettings:
     size: int  # S
     channels: int  # 1 or 3
     background: str = "white"
-    max_pixels: int = 100_000_000
+    max_pixels: int = MAX_IMAGE_PIXELS
     crop: str = "center"  # center | celeba
 
 

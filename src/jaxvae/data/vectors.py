@@ -7,34 +7,45 @@ config.json alone rebuilds the model.
 
     c = resolve_config(c)          # data_dim = D when --data names vectors
     ds = load_vectors(c)           # VectorDataset: float32 train (N, D), val (M, D), and the stats
-    batches = VectorBatches(ds.train, batch_size, seed)   # endless, resumable, like BatchIterator
+    batches = ds.batches(batch_size, seed, False, mesh)   # VectorBatches: endless, resumable, sharded
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from jaxvae.config import Config, ConfigError
+from jaxvae.data import Dataset, split  # data/__init__ imports this module only inside load_dataset
 
 SUFFIXES = (".npy", ".csv")
 
 
-@dataclasses.dataclass(frozen=True)
-class VectorDataset:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VectorDataset(Dataset):
+    """A Dataset of vectors: float32 rows that already are the model's input."""
+
     train: np.ndarray  # (N, D) float32, standardized when asked
     val: np.ndarray  # (M, D) float32, with the training split's statistics
-    source: str
     mean: np.ndarray  # (D,) what was subtracted (zeros without --standardize)
     std: np.ndarray  # (D,) what was divided by (ones without --standardize)
     columns: tuple[str, ...] = ()
-    kind: str = "vectors"
+    kind: ClassVar[str] = "vectors"
 
     def transform(self, x: np.ndarray) -> np.ndarray:
         """Apply this dataset's standardization to other (K, D) vectors (e.g. a test file)."""
         return ((np.asarray(x, np.float64) - self.mean) / self.std).astype(np.float32)
+
+    def model_input(self, rows) -> np.ndarray:
+        """Rows of train or val (n, D) -> (n, D) float32: standardized already, as the model takes them."""
+        return np.asarray(rows, np.float32)
+
+    def batches(self, batch_size: int, seed: int, flip: bool, mesh):
+        """The endless, resumable training batches (B, D) float32, sharded over the mesh's `data` axis."""
+        return VectorBatches(self.train, batch_size, seed, flip, mesh)
 
 
 def is_vector_source(spec: str) -> bool:
@@ -109,7 +120,7 @@ def resolve_config(c: Config) -> Config:
     if not is_vector_source(c.data):
         if c.standardize:
             raise ConfigError("--standardize is for vector data (an (N, D) .npy or .csv given as --data)")
-        if c.data_dim:
+        if c.vector_data:
             raise ConfigError(f"data_dim {c.data_dim} is set but --data {c.data} is not an (N, D) .npy or .csv")
         return c
     shape = _shape(c.data)
@@ -130,8 +141,6 @@ def _shape(spec: str) -> tuple[int, int]:
 
 def load_vectors(c: Config) -> VectorDataset:
     """The deterministic train/val split of c.data (same seeded split as images), float32."""
-    from jaxvae.data import split  # here, not at the top: data/__init__ imports this module
-
     values, columns = read_vectors(c.data)
     if c.data_dim and values.shape[1] != c.data_dim:
         raise ConfigError(f"--data {c.data} has D = {values.shape[1]} columns but the run expects {c.data_dim}")
@@ -146,14 +155,26 @@ def load_vectors(c: Config) -> VectorDataset:
 
 
 class VectorBatches:
-    """Endless shuffled (B, D) float32 batches, resumable from get_state() (BatchIterator's interface)."""
+    """Endless shuffled (B, D) float32 batches, resumable from get_state() (BatchIterator's interface).
 
-    def __init__(self, vectors: np.ndarray, batch_size: int, seed: int, flip: bool = False):
+    Epoch e is the permutation of (seed, e), cut into whole batches (the last partial one is left
+    out), each batch's rows in index order. With a mesh, each process takes its rows of every global
+    batch (parallel.local_rows) and yields the global (B, D) jax.Array sharded along B; without one,
+    the numpy (B, D) batch. The same rows either way, for any number of devices and processes.
+    """
+
+    def __init__(self, vectors: np.ndarray, batch_size: int, seed: int, flip: bool = False, mesh=None):
         if flip:
             raise ConfigError("--flip mirrors images; it does not apply to vector data")
         if len(vectors) < batch_size:
             raise ConfigError(f"batch_size {batch_size} is larger than the dataset ({len(vectors)} rows)")
-        self.vectors, self.batch_size, self.seed = vectors, batch_size, seed
+        self.vectors, self.batch_size, self.seed, self.mesh = vectors, batch_size, seed, mesh
+        self.rows = slice(None)
+        if mesh is not None:
+            from jaxvae import parallel  # JAX: only for training
+
+            parallel.check_batch(batch_size, mesh)
+            self.rows = parallel.local_rows(batch_size, mesh)
         self.epoch, self.pos = 0, 0
         self._order = self._permutation(0)
 
@@ -163,13 +184,18 @@ class VectorBatches:
     def __iter__(self):
         return self
 
-    def __next__(self) -> np.ndarray:
+    def __next__(self):
         if self.pos + self.batch_size > len(self.vectors):
             self.epoch, self.pos = self.epoch + 1, 0
             self._order = self._permutation(self.epoch)
-        idx = np.sort(self._order[self.pos: self.pos + self.batch_size])
+        idx = np.sort(self._order[self.pos: self.pos + self.batch_size])  # (B,)
         self.pos += self.batch_size
-        return self.vectors[idx]  # (B, D) float32, a copy
+        local = self.vectors[idx[self.rows]]  # (B_local, D) float32, a copy
+        if self.mesh is None:
+            return local
+        from jaxvae import parallel
+
+        return parallel.shard_batch(local, self.batch_size, self.mesh)  # (B, D) sharded along B
 
     def get_state(self) -> dict:
         return {"epoch": self.epoch, "pos": self.pos}
