@@ -190,7 +190,6 @@ def test_finish_labels_the_reconstruction_mse_and_interpolates_held_out_images_0
                                val=data_lib.make_shapes(30, c.image_size, seed=2)[0], source="shapes")
     drawn = {}
     monkeypatch.setattr(plots, "rows_figure", lambda rows, path, title=None: drawn.update({path.name: (rows, title)}))
-    monkeypatch.setattr(plots, "image_grid", lambda *a, **k: None)
     monkeypatch.setattr(plots, "curves", lambda *a, **k: None)
     run_lib.create(tmp_path, c)
     train.finish(tmp_path, c, graphdef, state["params"], dataset, {})

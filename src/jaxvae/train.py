@@ -470,7 +470,7 @@ def finish(run_dir: Path, c: Config, graphdef, params, dataset, last: dict) -> d
                           note=f"summary.json's reconstruction_mse is over the first {summary_images} held-out images")
     samples = sample.sample_prior(model, 20, jax.random.key(c.seed + 3))
     prior = "N(0, I)" if c.prior == "normal" else "VampPrior"
-    plots.image_grid(samples, run_dir / "samples.png", rows=2, title=f"prior samples, z ~ {prior}")
+    plots.prior_samples(samples, run_dir / "samples.png", rows=2, title=f"prior samples, z ~ {prior}")
     x0, x1 = data_lib.to_model_range(dataset.val[:2])  # held-out images 0 and 1, as in interpolate and the report
     pixel = sample.interpolate_pixels(x0, x1, 10)
     latent = sample.interpolate(model, x0, x1, 10, "slerp")

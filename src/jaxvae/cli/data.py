@@ -119,22 +119,9 @@ def run_prepare(a: PrepareArgs) -> int:
     return 0
 
 
-def image_grid(images: np.ndarray, scale: int = 1, pad: int = 2) -> np.ndarray:
-    """(n, S, S, C) uint8 -> one (rows*(sS+pad)+pad, cols*(sS+pad)+pad, C) uint8 image on white."""
-    n, size, _, channels = images.shape
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    cell = size * scale
-    grid = np.full((rows * (cell + pad) + pad, cols * (cell + pad) + pad, channels), 255, np.uint8)
-    big = images.repeat(scale, axis=1).repeat(scale, axis=2)  # nearest: pixels stay visible
-    for i in range(n):
-        r, c = divmod(i, cols)
-        y, x = pad + r * (cell + pad), pad + c * (cell + pad)
-        grid[y:y + cell, x:x + cell] = big[i]
-    return grid
-
-
 def run_show_data(a: ShowDataArgs) -> int:
+    from jaxvae import plots  # matplotlib: loaded when a grid is drawn, not for --help
+
     check_data_options(image_size=a.image_size, channels=a.channels, data_range=a.data_range,
                        background=a.background, on_bad_image=a.on_bad_image,
                        max_image_pixels=a.max_image_pixels)
@@ -146,8 +133,9 @@ def run_show_data(a: ShowDataArgs) -> int:
     options = DataOptions(**{f.name: getattr(a, f.name) for f in dataclasses.fields(DataOptions)})
     images = load_images(a.data, options)
     rows = np.sort(np.random.default_rng(a.seed).permutation(len(images))[:a.count])
+    shown = np.asarray(images[rows])  # (n, S, S, C) uint8
     scale = a.scale or max(1, math.ceil(64 / a.image_size))
-    grid = image_grid(np.asarray(images[rows]), scale)
+    grid = plots.tile(shown, cols=math.ceil(math.sqrt(len(shown))), min_side=scale * shown.shape[1])
     folder = os.path.dirname(os.path.abspath(out))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)  # then rename: never a half-written PNG
@@ -156,7 +144,7 @@ def run_show_data(a: ShowDataArgs) -> int:
         info = PngImagePlugin.PngInfo()
         for key, value in PNG_METADATA.items():
             info.add_text(key, value)
-        Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp, pnginfo=info)
+        Image.fromarray(grid[..., 0] if shown.shape[-1] == 1 else grid).save(tmp, pnginfo=info)  # grayscale stays L
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would make the figure private
         os.replace(tmp, out)
     except BaseException:

@@ -117,7 +117,7 @@ def sample(argv: list[str]) -> int:
     vae = load(a.run, a.checkpoint)
     images = vae.sample(a.n, seed=a.seed, temperature=a.temperature, sampler=a.sampler or None)
     what = f"{a.sampler} sampler" if a.sampler else "prior"
-    plots.image_grid(images, make_parent(out), rows=max(1, a.n // 10), title=f"{what} samples, T = {a.temperature}")
+    plots.prior_samples(images, make_parent(out), rows=max(1, a.n // 10), title=f"{what} samples, T = {a.temperature}")
     print(f"wrote {a.n} {what} samples of {a.run} to {out}")
     return 0
 
