@@ -1,15 +1,11 @@
-"""What the latent dimensions do: KL per dimension, which dimensions are active, and traversals.
+"""What the latent dimensions do: KL per dimension and which dimensions are active.
 
 A VAE under a KL penalty switches most latent dimensions off (their posterior collapses onto the
 prior, KL ~ 0) and codes the images in a few. The KL per dimension, averaged over held-out images,
-says which; a traversal shows what one of them draws: decode a held-out image's posterior mean
-with that one coordinate swept over [-3, 3] prior standard deviations.
-
-Also `jaxvae traverse RUN --dims ... --out FILE.png`.
+says which; a traversal (pictures.py, `jaxvae traverse`) shows what one of them draws.
 
 With a VampPrior (priors.py) the KL per dimension is KL(q(z_d|x) || p(z_d)) against the prior's
-marginal in dimension d, by Monte Carlo, and a traversal sweeps the prior marginal's mean +- span of
-its std; for N(0, I) both are as above.
+marginal in dimension d, by Monte Carlo; for N(0, I) it is the closed form.
 """
 
 from __future__ import annotations
@@ -23,7 +19,6 @@ from flax import nnx
 
 from jaxvae import priors
 from jaxvae import sample as sample_lib
-from jaxvae.config import TRAVERSAL_SPAN, TRAVERSAL_STEPS, ConfigError
 from jaxvae.distributions import DiagonalGaussian
 
 HELD_OUT = 512  # images the KL per dimension is averaged over
@@ -79,12 +74,6 @@ def prior_kl_per_dim(model, mean: np.ndarray, log_std: np.ndarray, seed: int = 0
     return np.asarray(out, np.float64)
 
 
-def prior_moments(model) -> tuple[np.ndarray, np.ndarray]:
-    """(Z,), (Z,): the prior's mean and std per dimension (0 and 1 for N(0, I))."""
-    mean, std = nnx.jit(lambda m: m.marginal_moments())(priors.of(model))
-    return np.asarray(mean, np.float64), np.asarray(std, np.float64)
-
-
 def posterior_mean_variance(mean: np.ndarray) -> np.ndarray:
     """(B,Z) -> (Z,): variance over images of the posterior mean, Var_x E_q[z_d|x]."""
     return np.var(mean, axis=0)
@@ -117,45 +106,3 @@ class LatentStats:
 
 def latent_stats(model, x: np.ndarray) -> LatentStats:
     return LatentStats.of(*posterior(model, x), model=model)
-
-
-def traversal_latents(z0: np.ndarray, dims, values: np.ndarray, center: np.ndarray | None = None,
-                      scale: np.ndarray | None = None) -> np.ndarray:
-    """(Z,), D dims, (T,) values -> (D,T,Z): row i is z0 with coordinate dims[i] set to each value,
-    in prior sigmas around the prior's mean: center[d] + values * scale[d] ((Z,) each; default 0 and 1)."""
-    z0 = np.asarray(z0, np.float32)
-    dims = np.asarray(dims, np.int64)
-    center = np.zeros(len(z0)) if center is None else np.asarray(center)
-    scale = np.ones(len(z0)) if scale is None else np.asarray(scale)
-    z = np.broadcast_to(z0, (len(dims), len(values), len(z0))).copy()
-    coords = center[dims][:, None] + np.asarray(values)[None, :] * scale[dims][:, None]  # (D, T)
-    z[np.arange(len(dims)), :, dims] = coords.astype(np.float32)
-    return z
-
-
-def traverse(model, x: np.ndarray, dims, steps: int = TRAVERSAL_STEPS,
-             span: float = TRAVERSAL_SPAN) -> tuple[np.ndarray, np.ndarray]:
-    """Decode traversals of `dims` around one image's posterior mean.
-
-    Args:
-      model: a VAE.
-      x: (S,S,C) one image in [-1,1]; every other coordinate is held at its posterior mean.
-      dims: D latent indices.
-      steps: T images per row; span: the sweep is linspace(-span, span, T) (prior sigmas).
-    Returns:
-      images (D,T,S,S,C) decoder means, and values (T,).
-    """
-    values = np.linspace(-span, span, steps)
-    z0 = posterior(model, np.asarray(x, np.float32)[None])[0][0]
-    z = traversal_latents(z0, dims, values, *prior_moments(model))  # (D,T,Z)
-    images = sample_lib.decode_mean(model, z.reshape(-1, z.shape[-1]))
-    return images.reshape(len(z), steps, *images.shape[1:]), values
-
-
-def check_dims(dims, z_dim: int) -> list[int]:
-    bad = [d for d in dims if not 0 <= d < z_dim]
-    if bad:
-        raise ConfigError(f"--dims {bad} out of range: the model has z_dim {z_dim} (dims 0..{z_dim - 1})")
-    if len(set(dims)) != len(dims):
-        raise ConfigError(f"--dims {list(dims)} repeats a dimension")
-    return list(dims)
