@@ -107,29 +107,37 @@ def traversal_grid(images: np.ndarray, dims, values: np.ndarray, path, kl: np.nd
                       "posterior mean")
 
 
-def kl_per_dim(kl: np.ndarray, path, highlight=(), mean_variance: np.ndarray | None = None) -> None:
-    """Bar chart of the mean KL (nats) of each latent dim; `highlight` dims drawn in another colour.
-    With mean_variance, a second panel shows Var_x E_q[z_d|x] (log scale) beside it."""
-    dims = np.arange(len(kl))
+def kl_per_dim(kl: np.ndarray, path, highlight=(), mean_variance: np.ndarray | None = None,
+               threshold: float | None = None, order=None) -> None:
+    """The one chart of the KL per latent dim: a bar of mean KL (nats) per dim, in `order` (default
+    0..Z-1). With mean_variance (Z,) and threshold (latents.ACTIVE_VARIANCE): active dims
+    (Var_x E_q[z_d|x] > threshold) blue, the others gray, and a second panel of the variances (log
+    scale) with the threshold dashed. `highlight` dims (the ones traversed) orange."""
+    order = np.arange(len(kl)) if order is None else np.asarray(order)
+    active = np.ones(len(kl), bool) if threshold is None else np.asarray(mean_variance) > threshold
     marked = {int(h) for h in highlight}
-    colors = ["tab:orange" if d in marked else "tab:blue" for d in dims]
-    panels = 1 if mean_variance is None else 2
-    width = min(12.0, max(5.0, 0.15 * len(kl)))  # per panel: z_dim 64 still fits a page
-    fig, axs = plt.subplots(1, panels, figsize=(width * panels, 3), squeeze=False)
-    ax = axs[0, 0]
-    ax.bar(dims, kl, color=colors)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # dimensions are whole numbers
-    ax.set_xlabel("latent dimension")
-    ax.set_ylabel("mean KL (nats)")
-    ax.set_title(f"KL per dimension (total {float(np.sum(kl)):.2f} nats)")
+    colors = ["tab:orange" if d in marked else "tab:blue" if active[d] else "tab:gray" for d in order]
+    panels = [(np.asarray(kl), "mean KL (nats)", f"KL per dimension (total {float(np.sum(kl)):.2f} nats)")]
     if mean_variance is not None:
-        ax = axs[0, 1]
-        ax.bar(dims, np.maximum(mean_variance, 1e-8), color=colors)
-        ax.set_yscale("log")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.axhline(0.01, color="gray", linestyle="--", linewidth=1)
-        ax.set_xlabel("latent dimension")
-        ax.set_title("variance of posterior means (active > 0.01)")
+        title = "variance of posterior means" + (f" ({int(active.sum())} active: > {threshold:g})" if threshold else "")
+        panels.append((np.maximum(mean_variance, 1e-8), None, title))
+    width = min(12.0, max(5.0, 0.15 * len(kl)))  # per panel: z_dim 64 still fits a page
+    fig, axs = plt.subplots(1, len(panels), figsize=(width * len(panels), 3), squeeze=False)
+    for ax, (values, ylabel, title) in zip(axs[0], panels, strict=True):
+        ax.bar(np.arange(len(kl)), values[order], color=colors)
+        if ylabel is None:
+            ax.set_yscale("log")
+            if threshold is not None:
+                ax.axhline(threshold, color="gray", linestyle="--", linewidth=1)
+        else:
+            ax.set_ylabel(ylabel)
+        if np.array_equal(order, np.arange(len(kl))):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # dimensions are whole numbers
+            ax.set_xlabel("latent dimension")
+        else:  # a tick per bar, naming its dimension
+            ax.set_xticks(range(len(kl)), [str(d) for d in order], fontsize=7 if len(kl) > 24 else 9)
+            ax.set_xlabel("latent dimension (sorted by KL)")
+        ax.set_title(title)
     _save(fig, path)
 
 

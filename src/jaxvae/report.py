@@ -276,9 +276,9 @@ def _latent_sections(page: Page, config: Config, stats, top: np.ndarray, values:
     page.add("KL per latent dimension",
              _p(f"Mean KL(q(z_d|x) || {kl_to}) over {stats.images} held-out images: total {float(stats.kl.sum()):.3f} "
                 f"nats; {stats.active} of {config.z_dim} dimensions active (variance of the posterior mean > "
-                f"{latents.ACTIVE_VARIANCE}). The {len(top)} most active, traversed below, in orange."),
-             _img(_figure(plots.kl_per_dim, stats.kl, highlight=top, mean_variance=stats.mean_variance),
-                  "KL per latent dimension"))
+                f"{latents.ACTIVE_VARIANCE}), in blue. The {len(top)} most active, traversed below, in orange."),
+             _img(_figure(plots.kl_per_dim, stats.kl, highlight=top, mean_variance=stats.mean_variance,
+                          threshold=latents.ACTIVE_VARIANCE), "KL per latent dimension"))
     page.add("Latent traversals",
              _p(f"The {len(top)} dimensions with the largest mean KL, largest first. Each row sweeps one over "
                 f"z_d = {', '.join(f'{v:+g}' for v in values)} (prior sigmas), left to right, with every other "
