@@ -14,7 +14,7 @@ from flax import nnx
 
 import jaxvae
 from jaxvae import data as data_lib
-from jaxvae import losses, plots, train
+from jaxvae import losses, plots, sample, train
 from jaxvae import run as run_lib
 from jaxvae.checkpoint import Checkpointer
 from jaxvae.config import Config, ConfigError
@@ -190,7 +190,6 @@ def test_finish_labels_the_reconstruction_mse_and_interpolates_held_out_images_0
                                val=data_lib.make_shapes(30, c.image_size, seed=2)[0], source="shapes")
     drawn = {}
     monkeypatch.setattr(plots, "rows_figure", lambda rows, path, title=None: drawn.update({path.name: (rows, title)}))
-    monkeypatch.setattr(plots, "image_grid", lambda *a, **k: None)
     monkeypatch.setattr(plots, "curves", lambda *a, **k: None)
     run_lib.create(tmp_path, c)
     train.finish(tmp_path, c, graphdef, state["params"], dataset, {})
@@ -201,6 +200,12 @@ def test_finish_labels_the_reconstruction_mse_and_interpolates_held_out_images_0
     val = data_lib.to_model_range(dataset.val)
     np.testing.assert_array_equal(rows[0][1][0], val[0])
     np.testing.assert_array_equal(rows[0][1][-1], val[1])
+    # samples.png: two rows of the 20 draws `jaxvae sample RUN --n 20 --seed SEED` decodes (pictures.run_key)
+    rows, title = drawn["samples.png"]
+    assert [label for label, _ in rows] == ["", ""] and title == "prior samples, z ~ N(0, I)"
+    model = nnx.merge(graphdef, state["params"])
+    np.testing.assert_allclose(np.concatenate([images for _, images in rows]),
+                               sample.sample_prior(model, 20, jax.random.key(c.seed)), atol=2e-5)
 
 
 def test_kl_chart_ticks_are_whole_dimensions(monkeypatch):

@@ -14,8 +14,8 @@ from conftest import untrained_run
 import jaxvae
 from jaxvae import cli, sample
 from jaxvae.config import Config, ConfigError
-from jaxvae.diagnostics import mutual_information, plot_kl_per_dim
 from jaxvae.evaluation import Plan, bytes_per_sample, evaluate, format_table, plan_chunks
+from jaxvae.latents import mutual_information, plot_kl_per_dim
 from jaxvae.model import build
 
 # A transformer small enough to decode 5000 samples per image quickly on a CPU.
@@ -266,16 +266,63 @@ def test_evaluate_dequantizes_and_converts_bits_per_dim_to_8_bit_units():
 def test_active_units_threshold_the_variance_not_the_std():
     """Posterior means whose variance over the examples is 1, 0.0025, 0.02 and 1e-6: std 1, 0.05,
     0.14 and 0.001. Var > 0.01 makes dims 0 and 2 active; a std > 0.01 rule would count three."""
-    from jaxvae import diagnostics, latents
+    from jaxvae import latents
 
     variances = np.array([1.0, 0.0025, 0.02, 1e-6])
     signs = np.where(np.arange(1000) % 2 == 0, 1.0, -1.0)[:, None]  # +-sqrt(var): exact population variance
     mean = signs * np.sqrt(variances)[None]
     log_std = np.zeros_like(mean)
     kl = 0.5 * mean**2
-    r = diagnostics.collapse(mean, log_std, kl, jax.random.key(0), 2**20)
-    np.testing.assert_allclose(r["latent_activity"], variances * 1000 / 999, rtol=1e-9)
+    r = latents.collapse(mean, log_std, kl, jax.random.key(0), 2**20)
+    np.testing.assert_allclose(r["latent_activity"], variances, rtol=1e-9)
     assert r["active_units"] == 2
     stats = latents.LatentStats.of(mean, log_std)
     np.testing.assert_allclose(stats.mean_variance, variances, rtol=1e-6)
     assert stats.active == 2
+
+
+def test_evaluate_and_traverse_count_the_same_active_units_at_the_threshold(vectors):
+    """One estimator of Var_x E_q[z_d|x], the population variance (ddof 0), for evaluate's collapse()
+    and the LatentStats of the report and `jaxvae traverse`. Two examples at +-a have population
+    variance a^2 and sample variance 2 a^2: with a^2 = 0.008 the first is below the 0.01 threshold
+    and the second above, so a ddof-1 estimator coming back in either place changes a count."""
+    from jaxvae import latents
+
+    a2 = np.array([0.008, 0.004, 0.02, 0.3])  # ddof 0: active no, no, yes, yes; ddof 1 (2 a^2): yes, no, yes, yes
+    mean = np.stack([np.sqrt(a2), -np.sqrt(a2)])  # (2, Z)
+    log_std = np.zeros_like(mean)
+    r = latents.collapse(mean, log_std, 0.5 * mean**2, jax.random.key(0), 2**20)
+    stats = latents.LatentStats.of(mean, log_std)
+    np.testing.assert_allclose(r["latent_activity"], a2, rtol=1e-12)
+    np.testing.assert_allclose(stats.mean_variance, a2, rtol=1e-12)
+    assert r["active_units"] == stats.active == 2
+    assert r["active_unit_threshold"] == latents.ACTIVE_VARIANCE == 0.01
+    # and through the public paths: evaluate() and the statistics traverse draws, on the same examples
+    c, model, x = vectors
+    x = x[:16]  # few examples: ddof 1 would be 16/15 of ddof 0
+    r = evaluate(model, x, 100, config=c)
+    stats = latents.latent_stats(model, x)
+    np.testing.assert_allclose(r["latent_activity"], stats.mean_variance, rtol=1e-5)
+    assert r["active_units"] == stats.active
+
+
+def test_evaluates_kl_chart_is_the_one_chart_sorted_with_the_active_dims_blue(monkeypatch):
+    """latents.plot_kl_per_dim draws plots.kl_per_dim: bars in evaluate's sorted order, named by their
+    dims; blue above the threshold, gray below; the threshold dashed on the variance panel."""
+    from matplotlib.colors import to_hex
+
+    from jaxvae import latents, plots
+
+    a2 = np.array([0.008, 0.004, 0.02, 0.3])  # active: dims 2 and 3
+    mean = np.stack([np.sqrt(a2), -np.sqrt(a2)])
+    r = latents.collapse(mean, np.zeros_like(mean), 0.5 * mean**2, jax.random.key(0), 2**20)
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    plot_kl_per_dim(r, "unused.png")
+    kl_axes, variance_axes = figures[0].axes
+    np.testing.assert_allclose([b.get_height() for b in kl_axes.patches], 0.5 * a2[[3, 2, 0, 1]], rtol=1e-12)
+    assert [t.get_text() for t in kl_axes.get_xticklabels()] == ["3", "2", "0", "1"]
+    assert [to_hex(b.get_facecolor()) for b in kl_axes.patches] == [to_hex("tab:blue")] * 2 + [to_hex("tab:gray")] * 2
+    np.testing.assert_allclose([b.get_height() for b in variance_axes.patches], a2[[3, 2, 0, 1]], rtol=1e-12)
+    assert variance_axes.lines[0].get_ydata()[0] == latents.ACTIVE_VARIANCE
+    plots.plt.close(figures[0])

@@ -10,7 +10,7 @@ import pytest
 from conftest import micro_config
 from test_objectives import MICRO_FLAGS, _error
 
-from jaxvae import latents, losses, sample
+from jaxvae import losses, pictures, sample
 from jaxvae.config import Config
 from jaxvae.evaluation import evaluate
 from jaxvae.model import build
@@ -118,9 +118,9 @@ def test_evaluate_sampling_and_traversals_use_the_models_prior():
     z = sample.prior_latents(vamp, 4000, jax.random.key(0))
     assert abs(z[:, 0].mean() - 3.0) < 0.1 and abs(z[:, 1].mean()) < 0.1
     # traversals sweep around the prior marginal's mean in its sigmas
-    center, scale = latents.prior_moments(vamp)
+    center, scale = pictures.prior_moments(vamp)
     np.testing.assert_allclose(center[0], 3.0, atol=1e-5)
-    rows = latents.traversal_latents(np.zeros(c.z_dim), [0], np.array([-1.0, 0.0, 1.0]), center, scale)
+    rows = pictures.traversal_latents(np.zeros(c.z_dim), [0], np.array([-1.0, 0.0, 1.0]), center, scale)
     np.testing.assert_allclose(rows[0, :, 0], [3.0 - scale[0], 3.0, 3.0 + scale[0]], rtol=1e-6)
 
 

@@ -263,9 +263,9 @@ def parse_mults(text: str) -> tuple[int, ...]:
     return mults
 
 
-# Latent traversals (latents.traverse, `jaxvae traverse`, the report): each row sweeps one dimension over
+# Latent traversals (pictures.pictures: `jaxvae traverse`, the report): each row sweeps one dimension over
 # [-SPAN, +SPAN] prior sigmas in STEPS images (odd: the middle column is the prior's mean), for the TOP
-# most active dimensions by default. Here, not in latents.py, so that `jaxvae traverse --help` needs no JAX.
+# most active dimensions by default. Here, not in pictures.py, so that `jaxvae traverse --help` needs no JAX.
 TRAVERSAL_SPAN = 3.0
 TRAVERSAL_STEPS = 9
 TRAVERSAL_TOP = 8

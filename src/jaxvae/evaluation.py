@@ -19,7 +19,7 @@ of `plan.examples` examples are ever live at once; `plan_chunks` picks both so t
 activations fit under `memory_cap_mb`. Example i's noise is drawn from fold_in(key, i) and sample k's
 from fold_in of that, so the result does not depend on the chunking (tests check it).
 
-Over the whole set, the posterior-collapse diagnostics of diagnostics.py: active units, the KL per
+Over the whole set, the posterior-collapse diagnostics of latents.collapse: active units, the KL per
 latent dim, and the mutual information I_q(x; z). log p(z) is the model's prior's (priors.py). With a
 VampPrior the KL per dim is KL(q(z_j|x) || p(z_j)) against the prior's marginal in dim j, a 1-D
 mixture, estimated from the same K samples; as the prior's dims are dependent these do not sum to
@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxvae import diagnostics, likelihoods, losses, priors
+from jaxvae import latents, likelihoods, losses, priors
 from jaxvae.config import EVALUATE_MEMORY_CAP_MB, Config, ConfigError
 from jaxvae.distributions import DiagonalGaussian
 
@@ -402,9 +402,9 @@ def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, 
         "iwae_minus_elbo": _stat(per["iwae"] + elbo),
         "iwae_by_k": {str(kk): _stat(per["iwae_ladder"][:, i]) for i, kk in enumerate(iwae_ladder(iw_samples))},
         "mse": _stat(per["mse"]),
-        **diagnostics.collapse(per["posterior_mean"], per["posterior_log_std"], per["kl_per_dim"],
-                               jax.random.fold_in(key, MI_FOLD), cap_bytes, seed,
-                               kl_total=None if priors.of(model).analytic_kl else per["kl"]),
+        **latents.collapse(per["posterior_mean"], per["posterior_log_std"], per["kl_per_dim"],
+                            jax.random.fold_in(key, MI_FOLD), cap_bytes, seed,
+                            kl_total=None if priors.of(model).analytic_kl else per["kl"]),
         "plan": dataclasses.asdict(plan),
         "memory_cap_mb": memory_cap_mb,
         "seconds": seconds,
@@ -510,7 +510,7 @@ def disentanglement_ground_truth(c: Config, data: str = ""):
 def disentanglement_scores(vae, truth, *, seed: int = 0, num_train: int = 10000, num_test: int = 5000,
                            batch_size: int = 64) -> dict:
     """disentanglement.score_all of the posterior mean of a TrainedVAE, on a FactorData of uint8 images."""
-    from jaxvae import disentanglement, latents
+    from jaxvae import disentanglement
     from jaxvae.data import to_model_range
     from jaxvae.sample import CHUNK
 

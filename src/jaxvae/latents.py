@@ -1,20 +1,27 @@
-"""What the latent dimensions do: KL per dimension, which dimensions are active, and traversals.
+"""Latent statistics: which dimensions a VAE uses, and how much its z says about x.
 
 A VAE under a KL penalty switches most latent dimensions off (their posterior collapses onto the
-prior, KL ~ 0) and codes the images in a few. The KL per dimension, averaged over held-out images,
-says which; a traversal shows what one of them draws: decode a held-out image's posterior mean
-with that one coordinate swept over [-3, 3] prior standard deviations.
+prior, KL ~ 0) and codes the images in a few. Over the posteriors q(z|x) of held-out images:
 
-Also `jaxvae traverse RUN --dims ... --out FILE.png`.
+  kl_per_dim               E_x KL(q(z_d|x) || p(z_d)) per dim: where the rate is spent
+  posterior_mean_variance  Var_x E_q[z_d|x] per dim; dim d is active when it is above ACTIVE_VARIANCE
+                           (Burda et al. 2016): a collapsed dim's posterior mean ignores x
+  mutual_information       I_q(x; z) (Hoffman & Johnson 2016). E_x KL(q(z|x) || p(z)) = I_q(x; z) +
+                           KL(q(z) || p(z)): the KL splits into information about x and the mismatch of
+                           the aggregate posterior q(z) = E_x q(z|x) with the prior
 
-With a VampPrior (priors.py) the KL per dimension is KL(q(z_d|x) || p(z_d)) against the prior's
-marginal in dimension d, by Monte Carlo, and a traversal sweeps the prior marginal's mean +- span of
-its std; for N(0, I) both are as above.
+`LatentStats` holds the first two (the report, the traversals' choice of dims), `collapse` all three
+(`jaxvae evaluate`). Every KL and density here is DiagonalGaussian's (distributions.py) or the prior's
+(priors.py). With a VampPrior the KL per dimension is against the prior's marginal in dimension d, by
+Monte Carlo; for N(0, I) it is the closed form.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -23,11 +30,14 @@ from flax import nnx
 
 from jaxvae import priors
 from jaxvae import sample as sample_lib
-from jaxvae.config import TRAVERSAL_SPAN, TRAVERSAL_STEPS, ConfigError
 from jaxvae.distributions import DiagonalGaussian
 
-HELD_OUT = 512  # images the KL per dimension is averaged over
-ACTIVE_VARIANCE = 0.01  # Burda et al. (2016): dimension d is active when Var_x E_q[z_d|x] > 0.01
+HELD_OUT = 512  # held-out images the report's and `jaxvae traverse`'s statistics are averaged over
+# Burda et al. (2016): dimension d is active when Var_x E_q[z_d|x] > 0.01. The one threshold of the
+# package: evaluate, the report, traverse and the chart all read it from here.
+ACTIVE_VARIANCE = 0.01
+MC_SAMPLES = 16  # draws per image of the Monte Carlo KL per dimension (VampPrior)
+MI_EXAMPLES = 2000  # I_q(x; z) costs M^2 Z: estimated on at most this many examples
 
 
 @nnx.jit
@@ -43,14 +53,10 @@ def posterior(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def kl_per_dim(mean: np.ndarray, log_std: np.ndarray) -> np.ndarray:
-    """(B,Z), (B,Z) -> (Z,): KL(q(z_d|x) || N(0,1)) in nats, averaged over the B images.
-
-    Summed over d this is the mean KL the loss logs as kl_loss (before beta)."""
-    var = np.exp(2 * log_std)
-    return np.mean(0.5 * (var + np.square(mean) - 1.0 - 2 * log_std), axis=0)
-
-
-MC_SAMPLES = 16  # draws per image of the Monte Carlo KL per dimension (VampPrior)
+    """(B,Z), (B,Z) -> (Z,): KL(q(z_d|x) || N(0,1)) in nats, DiagonalGaussian's closed form averaged
+    over the B images. Summed over d this is the mean KL the loss logs as kl_loss (before beta)."""
+    kl = DiagonalGaussian(jnp.asarray(mean), jnp.asarray(log_std)).kl_to_standard_normal()  # (B, Z)
+    return np.mean(np.asarray(kl, np.float64), axis=0)
 
 
 @nnx.jit(static_argnums=(4,))
@@ -71,23 +77,26 @@ def prior_kl_per_dim(model, mean: np.ndarray, log_std: np.ndarray, seed: int = 0
     N(0, I): kl_per_dim, closed form. VampPrior: KL(q(z_d|x) || p(z_d)), p(z_d) the prior's marginal in
     dimension d (a 1-D mixture), by Monte Carlo with MC_SAMPLES draws per image. The prior's dims are
     dependent, so these need not sum to the KL of the loss."""
-    prior = priors.of(model)
-    if prior.analytic_kl:
+    if priors.of(model).analytic_kl:
         return kl_per_dim(mean, log_std)
     out = _mc_kl_per_dim(model, jnp.asarray(mean, jnp.float32), jnp.asarray(log_std, jnp.float32),
                          jax.random.key(seed), MC_SAMPLES)
     return np.asarray(out, np.float64)
 
 
-def prior_moments(model) -> tuple[np.ndarray, np.ndarray]:
-    """(Z,), (Z,): the prior's mean and std per dimension (0 and 1 for N(0, I))."""
-    mean, std = nnx.jit(lambda m: m.marginal_moments())(priors.of(model))
-    return np.asarray(mean, np.float64), np.asarray(std, np.float64)
-
-
 def posterior_mean_variance(mean: np.ndarray) -> np.ndarray:
-    """(B,Z) -> (Z,): variance over images of the posterior mean, Var_x E_q[z_d|x]."""
-    return np.var(mean, axis=0)
+    """(B,Z) -> (Z,): Var_x E_q[z_d|x], the variance over the B images of the posterior mean.
+
+    The population variance (ddof 0) of these images, the one estimator of the package: it describes
+    the set measured, is 0 for a single image without a special case, and the report, `jaxvae
+    traverse` and `jaxvae evaluate` count the same active units on the same posteriors. (evaluate
+    once used ddof 1, so the two could disagree for a dim at the threshold.)"""
+    return np.var(np.asarray(mean, np.float64), axis=0)
+
+
+def active_units(mean_variance: np.ndarray) -> int:
+    """How many dims have Var_x E_q[z_d|x] > ACTIVE_VARIANCE."""
+    return int(np.sum(np.asarray(mean_variance) > ACTIVE_VARIANCE))
 
 
 def most_active(kl: np.ndarray, k: int) -> np.ndarray:
@@ -106,7 +115,7 @@ class LatentStats:
 
     @property
     def active(self) -> int:
-        return int(np.sum(self.mean_variance > ACTIVE_VARIANCE))
+        return active_units(self.mean_variance)
 
     @classmethod
     def of(cls, mean: np.ndarray, log_std: np.ndarray, model=None) -> LatentStats:
@@ -119,43 +128,77 @@ def latent_stats(model, x: np.ndarray) -> LatentStats:
     return LatentStats.of(*posterior(model, x), model=model)
 
 
-def traversal_latents(z0: np.ndarray, dims, values: np.ndarray, center: np.ndarray | None = None,
-                      scale: np.ndarray | None = None) -> np.ndarray:
-    """(Z,), D dims, (T,) values -> (D,T,Z): row i is z0 with coordinate dims[i] set to each value,
-    in prior sigmas around the prior's mean: center[d] + values * scale[d] ((Z,) each; default 0 and 1)."""
-    z0 = np.asarray(z0, np.float32)
-    dims = np.asarray(dims, np.int64)
-    center = np.zeros(len(z0)) if center is None else np.asarray(center)
-    scale = np.ones(len(z0)) if scale is None else np.asarray(scale)
-    z = np.broadcast_to(z0, (len(dims), len(values), len(z0))).copy()
-    coords = center[dims][:, None] + np.asarray(values)[None, :] * scale[dims][:, None]  # (D, T)
-    z[np.arange(len(dims)), :, dims] = coords.astype(np.float32)
-    return z
+@functools.partial(jax.jit, static_argnames=("rows",))
+def _mutual_information(mean, log_std, key, *, rows: int):
+    m, z_dim = mean.shape
+    own = DiagonalGaussian(mean, log_std)  # (M, Z): q(z|x_i) of each example
+    z = own.sample(key)  # z_i ~ q(z|x_i), (M, Z)
+    log_qzx = jnp.sum(own.log_prob(z), axis=-1)  # log q(z_i|x_i), (M,)
+    chunks = -(-m // rows)
+    z = jnp.pad(z, ((0, chunks * rows - m), (0, 0))).reshape(chunks, rows, z_dim)
+    q = DiagonalGaussian(mean[None], log_std[None])  # (1, M, Z): every example's posterior
+
+    def log_aggregate(zi):  # (R, Z) -> (R,) log sum_j q(z_i | x_j); R x M x Z floats live
+        return jax.nn.logsumexp(jnp.sum(q.log_prob(zi[:, None]), axis=-1), axis=1)
+
+    log_qz = jax.lax.map(log_aggregate, z).reshape(-1)[:m] - math.log(m)  # log q(z_i), (M,)
+    return jnp.mean(log_qzx - log_qz)
 
 
-def traverse(model, x: np.ndarray, dims, steps: int = TRAVERSAL_STEPS,
-             span: float = TRAVERSAL_SPAN) -> tuple[np.ndarray, np.ndarray]:
-    """Decode traversals of `dims` around one image's posterior mean.
+def mutual_information(mean: np.ndarray, log_std: np.ndarray, key: jax.Array, cap_bytes: int) -> float:
+    """I_q(x; z) = E_x E_q(z|x)[log q(z|x) - log q(z)] (Hoffman & Johnson 2016), q(z) = mean_j q(z|x_j).
+
+    One draw z_i ~ q(z|x_i) per example, scored by its own posterior and by the aggregate posterior
+    of the same M examples. As q(z_i) >= q(z_i|x_i) / M, the estimate is at most log M: with few
+    examples it underestimates a large I_q.
+    Args: mean, log_std: (M, Z) posterior parameters; cap_bytes bounds the (rows, M, Z) block.
+    Returns nats.
+    """
+    m, z_dim = mean.shape
+    rows = int(max(1, min(m, cap_bytes // (3 * 4 * m * z_dim))))
+    return float(_mutual_information(jnp.asarray(mean, jnp.float32), jnp.asarray(log_std, jnp.float32), key,
+                                     rows=rows))
+
+
+def collapse(posterior_mean: np.ndarray, posterior_log_std: np.ndarray, kl_per_dim: np.ndarray,
+             key: jax.Array, cap_bytes: int, seed: int = 0, kl_total: np.ndarray | None = None) -> dict:
+    """The posterior-collapse diagnostics of N examples' posteriors, JSON-ready.
 
     Args:
-      model: a VAE.
-      x: (S,S,C) one image in [-1,1]; every other coordinate is held at its posterior mean.
-      dims: D latent indices.
-      steps: T images per row; span: the sweep is linspace(-span, span, T) (prior sigmas).
-    Returns:
-      images (D,T,S,S,C) decoder means, and values (T,).
+      posterior_mean, posterior_log_std, kl_per_dim: (N, Z) each.
+      key: for the MI draws; seed picks the (at most MI_EXAMPLES) examples MI is estimated on.
+      kl_total: (N,) each example's KL when the KLs per dim do not sum to it (a VampPrior's per-dim KLs
+        are against the prior's marginals); None: the sum of kl_per_dim.
+    Returns: active_units, active_unit_threshold, latent_activity (posterior_mean_variance, in latent
+      order), kl_per_dim (sorted, largest first) with kl_per_dim_index (the latent of each),
+      mutual_information with mutual_information_examples and _max (log M), and
+      marginal_kl = E KL - I_q = KL(q(z) || p(z)).
     """
-    values = np.linspace(-span, span, steps)
-    z0 = posterior(model, np.asarray(x, np.float32)[None])[0][0]
-    z = traversal_latents(z0, dims, values, *prior_moments(model))  # (D,T,Z)
-    images = sample_lib.decode_mean(model, z.reshape(-1, z.shape[-1]))
-    return images.reshape(len(z), steps, *images.shape[1:]), values
+    n = len(posterior_mean)
+    activity = posterior_mean_variance(posterior_mean)
+    kl_dim = np.asarray(kl_per_dim, np.float64).mean(axis=0)
+    order = np.argsort(-kl_dim, kind="stable")
+    pick = np.sort(np.random.default_rng(seed).permutation(n)[:MI_EXAMPLES])
+    mi = mutual_information(posterior_mean[pick], posterior_log_std[pick], key, cap_bytes)
+    return {
+        "active_units": active_units(activity),
+        "active_unit_threshold": ACTIVE_VARIANCE,
+        "latent_activity": [float(a) for a in activity],
+        "kl_per_dim": [float(kl_dim[j]) for j in order],
+        "kl_per_dim_index": [int(j) for j in order],
+        "mutual_information": mi,
+        "mutual_information_examples": len(pick),
+        "mutual_information_max": math.log(len(pick)),
+        "marginal_kl": float((kl_dim.sum() if kl_total is None else np.mean(kl_total)) - mi),
+    }
 
 
-def check_dims(dims, z_dim: int) -> list[int]:
-    bad = [d for d in dims if not 0 <= d < z_dim]
-    if bad:
-        raise ConfigError(f"--dims {bad} out of range: the model has z_dim {z_dim} (dims 0..{z_dim - 1})")
-    if len(set(dims)) != len(dims):
-        raise ConfigError(f"--dims {list(dims)} repeats a dimension")
-    return list(dims)
+def plot_kl_per_dim(r: dict, path: str | Path) -> None:
+    """plots.kl_per_dim of collapse()'s (or evaluate()'s) result: bars sorted by KL, active ones blue."""
+    from jaxvae import plots
+
+    index = np.asarray(r["kl_per_dim_index"])
+    kl = np.empty(len(index))
+    kl[index] = r["kl_per_dim"]  # back to latent order
+    plots.kl_per_dim(kl, Path(path), mean_variance=np.asarray(r["latent_activity"]),
+                     threshold=r["active_unit_threshold"], order=index)

@@ -56,24 +56,12 @@ def curves(records: list[dict], path: Path) -> None:
     _save(fig, path)
 
 
-def image_grid(images: np.ndarray, path: Path, rows: int = 1, title: str | None = None) -> None:
-    """images (N,S,S,C) in [-1,1], laid out in `rows` rows."""
-    n = len(images)
-    cols = -(-n // rows)
-    fig, axs = plt.subplots(rows, cols, figsize=(2 * cols, 2 * rows + (0.4 if title else 0)), squeeze=False)
-    for i, ax in enumerate(axs.flat):
-        if i < n:
-            ax.imshow(_to_display(images[i]), cmap="gray", vmin=0, vmax=1)
-        ax.axis("off")
-    if title:
-        fig.suptitle(title)
-    _save(fig, path)
-
-
-def rows_figure(rows: list[tuple[str, np.ndarray]], path: Path, title: str | None = None) -> None:
-    """Labelled rows of images, each (N,S,S,C) in [-1,1]."""
+def rows_figure(rows: list[tuple[str, np.ndarray]], path: Path, title: str | None = None,
+                columns: list[str] | None = None, size: float = 2.0) -> None:
+    """The one figure of images: labelled rows, each (N,S,S,C) in [-1,1], `size` inches per image, with
+    `columns` (optional) over the first row's images. (tile is the same grid as bare pixels.)"""
     cols = max(len(imgs) for _, imgs in rows)
-    fig, axs = plt.subplots(len(rows), cols, figsize=(2 * cols, 2.1 * len(rows) + (0.4 if title else 0)),
+    fig, axs = plt.subplots(len(rows), cols, figsize=(size * cols, 1.05 * size * len(rows) + (0.4 if title else 0)),
                             squeeze=False)
     for r, (label, imgs) in enumerate(rows):
         for c in range(cols):
@@ -84,6 +72,8 @@ def rows_figure(rows: list[tuple[str, np.ndarray]], path: Path, title: str | Non
             ax.set_yticks([])
             for s in ax.spines.values():
                 s.set_visible(False)
+            if r == 0 and columns is not None:
+                ax.set_title(columns[c], fontsize=10)
         axs[r, 0].set_ylabel(label, fontsize=12)
     if title:
         fig.suptitle(title)
@@ -98,6 +88,12 @@ def reconstructions(originals: np.ndarray, recon: np.ndarray, mse: float, path: 
                 title=title + (f"\n({note})" if note else ""))
 
 
+def prior_samples(images: np.ndarray, path: Path, rows: int = 1, title: str | None = None) -> None:
+    """images (N,S,S,C) in [-1,1], laid out in `rows` unlabelled rows."""
+    cols = -(-len(images) // rows)
+    rows_figure([("", images[i:i + cols]) for i in range(0, len(images), cols)], path, title=title)
+
+
 def interpolation(pixel: np.ndarray, latent: np.ndarray, path: Path, method: str = "slerp") -> None:
     rows_figure([("pixel space", pixel), (f"latent ({method})", latent)], path,
                 title="interpolation between two held-out images")
@@ -105,54 +101,54 @@ def interpolation(pixel: np.ndarray, latent: np.ndarray, path: Path, method: str
 
 def traversal_grid(images: np.ndarray, dims, values: np.ndarray, path, kl: np.ndarray | None = None) -> None:
     """images (D,T,S,S,C) in [-1,1]: row i sweeps latent dims[i] over `values` (T,), shown on top."""
-    rows, cols = images.shape[:2]
-    fig, axs = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows + 0.6), squeeze=False)
-    for r in range(rows):
-        for c in range(cols):
-            ax = axs[r, c]
-            ax.imshow(_to_display(images[r, c]), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(f"{values[c]:+.2g}", fontsize=10)
-        label = f"z[{dims[r]}]" + (f"\nKL {kl[dims[r]]:.2f}" if kl is not None else "")
-        axs[r, 0].set_ylabel(label, fontsize=11)
-    fig.suptitle("latent traversals: one dimension swept (prior sigmas), the others at a held-out image's "
-                 "posterior mean")
-    _save(fig, path)
+    labels = [f"z[{d}]" + (f"\nKL {kl[d]:.2f}" if kl is not None else "") for d in dims]
+    rows_figure(list(zip(labels, images, strict=True)), path, columns=[f"{v:+.2g}" for v in values], size=1.6,
+                title="latent traversals: one dimension swept (prior sigmas), the others at a held-out image's "
+                      "posterior mean")
 
 
-def kl_per_dim(kl: np.ndarray, path, highlight=(), mean_variance: np.ndarray | None = None) -> None:
-    """Bar chart of the mean KL (nats) of each latent dim; `highlight` dims drawn in another colour.
-    With mean_variance, a second panel shows Var_x E_q[z_d|x] (log scale) beside it."""
-    dims = np.arange(len(kl))
+def kl_per_dim(kl: np.ndarray, path, highlight=(), mean_variance: np.ndarray | None = None,
+               threshold: float | None = None, order=None) -> None:
+    """The one chart of the KL per latent dim: a bar of mean KL (nats) per dim, in `order` (default
+    0..Z-1). With mean_variance (Z,) and threshold (latents.ACTIVE_VARIANCE): active dims
+    (Var_x E_q[z_d|x] > threshold) blue, the others gray, and a second panel of the variances (log
+    scale) with the threshold dashed. `highlight` dims (the ones traversed) orange."""
+    order = np.arange(len(kl)) if order is None else np.asarray(order)
+    active = np.ones(len(kl), bool) if threshold is None else np.asarray(mean_variance) > threshold
     marked = {int(h) for h in highlight}
-    colors = ["tab:orange" if d in marked else "tab:blue" for d in dims]
-    panels = 1 if mean_variance is None else 2
-    width = min(12.0, max(5.0, 0.15 * len(kl)))  # per panel: z_dim 64 still fits a page
-    fig, axs = plt.subplots(1, panels, figsize=(width * panels, 3), squeeze=False)
-    ax = axs[0, 0]
-    ax.bar(dims, kl, color=colors)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # dimensions are whole numbers
-    ax.set_xlabel("latent dimension")
-    ax.set_ylabel("mean KL (nats)")
-    ax.set_title(f"KL per dimension (total {float(np.sum(kl)):.2f} nats)")
+    colors = ["tab:orange" if d in marked else "tab:blue" if active[d] else "tab:gray" for d in order]
+    panels = [(np.asarray(kl), "mean KL (nats)", f"KL per dimension (total {float(np.sum(kl)):.2f} nats)")]
     if mean_variance is not None:
-        ax = axs[0, 1]
-        ax.bar(dims, np.maximum(mean_variance, 1e-8), color=colors)
-        ax.set_yscale("log")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.axhline(0.01, color="gray", linestyle="--", linewidth=1)
-        ax.set_xlabel("latent dimension")
-        ax.set_title("variance of posterior means (active > 0.01)")
+        title = "variance of posterior means" + (f" ({int(active.sum())} active: > {threshold:g})" if threshold else "")
+        panels.append((np.maximum(mean_variance, 1e-8), None, title))
+    width = min(12.0, max(5.0, 0.15 * len(kl)))  # per panel: z_dim 64 still fits a page
+    fig, axs = plt.subplots(1, len(panels), figsize=(width * len(panels), 3), squeeze=False)
+    for ax, (values, ylabel, title) in zip(axs[0], panels, strict=True):
+        ax.bar(np.arange(len(kl)), values[order], color=colors)
+        if ylabel is None:
+            ax.set_yscale("log")
+            if threshold is not None:
+                ax.axhline(threshold, color="gray", linestyle="--", linewidth=1)
+        else:
+            ax.set_ylabel(ylabel)
+        if np.array_equal(order, np.arange(len(kl))):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # dimensions are whole numbers
+            ax.set_xlabel("latent dimension")
+        else:  # a tick per bar, naming its dimension
+            ax.set_xticks(range(len(kl)), [str(d) for d in order], fontsize=7 if len(kl) > 24 else 9)
+            ax.set_xlabel("latent dimension (sorted by KL)")
+        ax.set_title(title)
     _save(fig, path)
 
 
 def tile(images: np.ndarray, cols: int | None = None, min_side: int = 64, pad: int = 2) -> np.ndarray:
-    """(N,S,S,C) in [-1,1] -> (H,W,3) uint8: a grid of `cols` columns on white, each image scaled
-    up by a whole factor (nearest neighbour, pixels stay sharp) to at least `min_side` pixels.
+    """The one grid of pixels: (N,S,S,C) in [-1,1] (or uint8, as stored) -> (H,W,3) uint8, `cols`
+    columns (default N) on white, each image scaled up by a whole factor (nearest neighbour, pixels
+    stay sharp) to at least `min_side` pixels. The report's rows and `jaxvae show-data` draw it.
     Numpy only: a page of grids this way costs milliseconds where a figure of axes costs seconds."""
-    images = np.clip((np.asarray(images, np.float32) + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        images = np.clip((images.astype(np.float32) + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
     if images.shape[-1] == 1:
         images = np.repeat(images, 3, axis=-1)
     n, s = len(images), images.shape[1]

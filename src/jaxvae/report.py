@@ -5,14 +5,15 @@ script and makes no request: a Content-Security-Policy of `default-src 'none'` e
 browser, so it reads the same from a laptop's disk, an e-mail or a CI artefact. Every user string
 (paths, config values, evaluation keys) goes through html.escape.
 
-The pictures are recomputed from the checkpoint `jaxvae.load` picks (the best by validation loss), so
-the page shows what it would give: the summary, the five curves, the data, reconstructions with
-their MSE, prior samples at three temperatures (beside a fitted sampler's, RUN/samplers/),
-pixel/lerp/slerp interpolations, the KL per latent dimension, traversals of the most active dimensions,
-`evaluation*.json` where `jaxvae evaluate` wrote one (with the disentanglement scores and a
-mutual-information heatmap where it has them), and last the config (collapsed). A run that is
-partial (still training, interrupted before a checkpoint, data moved) gets a page of what exists
-and one line for each thing that is missing. Writing `--out` is the only write.
+The pictures are recomputed from the checkpoint `jaxvae.load` picks (the best by validation loss)
+by pictures.pictures, the function training and the picture commands call, with the run's key;
+this module only lays them out. So the page shows what that checkpoint gives: the summary, the
+five curves, the data, reconstructions with their MSE, prior samples at three temperatures (beside a
+fitted sampler's, RUN/samplers/), pixel/lerp/slerp interpolations, the KL per latent dimension,
+traversals of the most active dimensions, `evaluation*.json` where `jaxvae evaluate` wrote one
+(with the disentanglement scores and a mutual-information heatmap where it has them), and last the
+config (collapsed). A run that is partial (still training, interrupted before a checkpoint, data
+moved) gets a page of what exists and one line for each thing that is missing. Writing `--out` is the only write.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from jaxvae import run as run_lib
-from jaxvae.config import TRAVERSAL_SPAN, TRAVERSAL_STEPS, TRAVERSAL_TOP, Config
+from jaxvae.atomic import write_text
+from jaxvae.config import TRAVERSAL_TOP, Config
 from jaxvae.outputs import HTML_GENERATOR, output_file
 
 REPORT = run_lib.REPORT
@@ -224,76 +226,72 @@ def _grid(rows: list[tuple[str, np.ndarray]], alt: str) -> str:
     return f'<table class="grid">{body}</table>'
 
 
-def _pictures(page: Page, config: Config, model, step: int, val: np.ndarray) -> None:
+def _wanted(config: Config, held_out: int):
+    """The report's pictures (pictures.Wanted) from `held_out` images: PER_ROW of each, and the same 20 prior
+    draws as samples.png (the first PER_ROW shown) at each of TEMPERATURES."""
+    from jaxvae import pictures
+
+    return pictures.Wanted(reconstructions=PER_ROW if held_out else 0, samples=pictures.RUN.samples,
+                           temperatures=TEMPERATURES, steps=PER_ROW,
+                           interpolations=("pixel", "lerp", "slerp") if held_out >= 2 else (),
+                           traversals=min(TRAVERSAL_TOP, config.z_dim) if held_out else 0)
+
+
+def _pictures(page: Page, config: Config, model, step: int, val: np.ndarray) -> np.ndarray:
     """Every section that needs the trained model; val (N,S,S,C) in [-1,1] are held-out images,
-    maybe none. They are encoded in one pass and every latent the page shows is decoded in one
-    pass, so the page costs two compilations."""
-    import jax
+    maybe none. pictures.pictures draws them (one encoder and one decoder pass); this lays them out.
+    Returns the prior samples at T = 1, (PER_ROW,S,S,C)."""
+    from jaxvae import latents, pictures
 
-    from jaxvae import latents, plots, sample
-
-    # name -> (B,Z) latents to decode; the same draw at every temperature, as sample_prior makes it
-    key = jax.random.key(config.seed + 3)
-    vamp = config.prior == "vamp"
-    noise = np.asarray(jax.random.normal(key, (PER_ROW, config.z_dim)))
-    wanted = {f"T = {t}": np.asarray(sample.prior_latents(model, PER_ROW, key, t)) if vamp else np.float32(t) * noise
-              for t in TEMPERATURES}
+    out = pictures.pictures(model, val, pictures.run_key(config), _wanted(config, len(val)))
+    samples = dict(zip(TEMPERATURES, out["samples"][:, :PER_ROW], strict=True))
     if len(val):
-        mean, log_std = latents.posterior(model, val)
-        stats = latents.LatentStats.of(mean, log_std, model)
-        top = latents.most_active(stats.kl, min(TRAVERSAL_TOP, config.z_dim))
-        values = np.linspace(-TRAVERSAL_SPAN, TRAVERSAL_SPAN, TRAVERSAL_STEPS)
-        wanted["reconstruction"] = mean[:PER_ROW].astype(np.float32)
-        wanted["traversal"] = latents.traversal_latents(mean[0], top, values, *latents.prior_moments(model)
-                                                        ).reshape(-1, config.z_dim)
-    if len(val) >= 2:
-        t = np.linspace(0, 1, PER_ROW)
-        wanted["latent lerp"] = sample.lerp(mean[0], mean[1], t)
-        wanted["latent slerp"] = sample.slerp(mean[0], mean[1], t)
-    decoded = sample.decode_mean(model, np.concatenate(list(wanted.values())))
-    ends = np.cumsum([len(z) for z in wanted.values()])
-    out = dict(zip(wanted, np.split(decoded, ends[:-1]), strict=True))
-
-    if len(val):
-        originals, recon = val[:PER_ROW], out["reconstruction"]
-        mse = sample.pixel_mse(originals, recon)
         page.add("Reconstructions",
                  _p(f"Held-out images over the decoder mean of their posterior mean, checkpoint step {step}. "
-                    f"MSE of these {len(recon)} in [0,1] pixels: {mse:.5f}."),
-                 _grid([("original", originals), ("reconstruction", recon)], "reconstructions"))
+                    f"MSE of these {len(out['reconstructions'])} in [0,1] pixels: {out['reconstruction_mse']:.5f}."),
+                 _grid([("original", out["originals"]), ("reconstruction", out["reconstructions"])],
+                       "reconstructions"))
+    vamp = config.prior == "vamp"
     page.add("Prior samples", _p("Decoder means of z ~ N(0, T^2 I). Each column scales the same draw, so the rows "
                                  "show what the temperature does." if not vamp else
                                  "Decoder means of z from the VampPrior: a uniformly drawn pseudo-input's posterior, "
                                  "its std scaled by T."),
-             _grid([(f"T = {t}", out[f"T = {t}"]) for t in TEMPERATURES], "prior samples"))
+             _grid([(f"T = {t}", samples[t]) for t in TEMPERATURES], "prior samples"))
     if len(val) >= 2:
         page.add("Interpolation", _p("Between held-out images 0 and 1: a pixel cross-fade, then the decoded straight "
                                      "line (lerp) and great circle (slerp) between their posterior means."),
-                 _grid([("pixel space", sample.interpolate_pixels(val[0], val[1], PER_ROW)),
-                        ("latent lerp", out["latent lerp"]), ("latent slerp", out["latent slerp"])],
+                 _grid([("pixel space", out["pixel"]), ("latent lerp", out["lerp"]), ("latent slerp", out["slerp"])],
                        "interpolation"))
-    if not len(val):
-        return
+    if len(val):
+        stats = latents.LatentStats(out["kl_per_dim"], out["mean_variance"], min(len(val), latents.HELD_OUT))
+        _latent_sections(page, config, stats, out["traversal_dims"], out["traversal_values"], out["traversals"])
+    return samples[1.0]
 
-    kl_to = "p(z_d), the prior's marginal (Monte Carlo)" if vamp else "N(0,1)"
+
+def _latent_sections(page: Page, config: Config, stats, top: np.ndarray, values: np.ndarray,
+                     traversals: np.ndarray) -> None:
+    """The KL per dimension (the chart) and the traversals (D,T,S,S,C) of the `top` dims."""
+    from jaxvae import latents, plots
+
+    kl_to = "p(z_d), the prior's marginal (Monte Carlo)" if config.prior == "vamp" else "N(0,1)"
     page.add("KL per latent dimension",
              _p(f"Mean KL(q(z_d|x) || {kl_to}) over {stats.images} held-out images: total {float(stats.kl.sum()):.3f} "
                 f"nats; {stats.active} of {config.z_dim} dimensions active (variance of the posterior mean > "
-                f"{latents.ACTIVE_VARIANCE}). The {len(top)} most active, traversed below, in orange."),
-             _img(_figure(plots.kl_per_dim, stats.kl, highlight=top, mean_variance=stats.mean_variance),
-                  "KL per latent dimension"))
-    traversal = out["traversal"].reshape(len(top), len(values), *val.shape[1:])
+                f"{latents.ACTIVE_VARIANCE}), in blue. The {len(top)} most active, traversed below, in orange."),
+             _img(_figure(plots.kl_per_dim, stats.kl, highlight=top, mean_variance=stats.mean_variance,
+                          threshold=latents.ACTIVE_VARIANCE), "KL per latent dimension"))
     page.add("Latent traversals",
              _p(f"The {len(top)} dimensions with the largest mean KL, largest first. Each row sweeps one over "
                 f"z_d = {', '.join(f'{v:+g}' for v in values)} (prior sigmas), left to right, with every other "
                 "dimension held at held-out image 0's posterior mean. `jaxvae traverse RUN --dims ...` draws "
                 "any others."),
-             _grid([(f"z[{d}]  KL {stats.kl[d]:.2f}", row) for d, row in zip(top, traversal, strict=True)],
+             _grid([(f"z[{d}]  KL {stats.kl[d]:.2f}", row) for d, row in zip(top, traversals, strict=True)],
                    "latent traversal"))
 
 
-def _sampler(page: Page, path: Path, vae) -> None:
-    """Prior samples beside the samples of a sampler fitted by `jaxvae fit-sampler` (RUN/samplers/)."""
+def _sampler(page: Page, path: Path, vae, prior: np.ndarray) -> None:
+    """The prior's samples (PER_ROW at T = 1, as the Prior samples section shows them) beside the samples of a
+    sampler fitted by `jaxvae fit-sampler` (RUN/samplers/), drawn with the run's seed."""
     from jaxvae import samplers
 
     for kind in samplers.KINDS:
@@ -301,11 +299,10 @@ def _sampler(page: Page, path: Path, vae) -> None:
             continue
         try:
             fitted = samplers.load_sampler(path, kind)
-            drawn = vae.sample(PER_ROW, seed=vae.config.seed + 3, sampler=kind)
+            drawn = vae.sample(PER_ROW, seed=vae.config.seed, sampler=kind)
         except Exception as e:  # a damaged sampler file must not cost the rest of the page
             page.missing.append(f"the {kind} sampler could not be read ({type(e).__name__}: {e})")
             continue
-        prior = vae.sample(PER_ROW, seed=vae.config.seed + 3)
         page.add(f"Samples: prior and {kind} sampler",
                  _p(f"The prior's samples over those of a {fitted.summary()}. Held-out latent log-likelihood: "
                     f"{fitted.heldout_loglik_sampler:.2f} nats under the sampler, {fitted.heldout_loglik_prior:.2f} "
@@ -393,8 +390,8 @@ def build_report(run: str | os.PathLike) -> str:
             _data(page, dataset)
         vae, step = _load_model(page, path)
         if vae is not None:
-            _pictures(page, config, vae.model, step, _held_out(page, dataset))
-            _sampler(page, path, vae)
+            prior = _pictures(page, config, vae.model, step, _held_out(page, dataset))
+            _sampler(page, path, vae, prior)
     _evaluation(page, path)
     _config(page, config)
 
@@ -420,8 +417,4 @@ def write_report(run: str | os.PathLike, out: str | os.PathLike | None = None) -
     out = Path(run) / REPORT if out is None else output_file(out, REPORT, into_run="yes", suffixes=(".html", ".htm"))
     # a path that is not UTF-8 (undecodable bytes kept as surrogates by os.fsdecode) shows as U+FFFD
     text = build_report(run).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_text(out, text)

@@ -548,29 +548,23 @@ def _write_report(run_dir: Path) -> None:
 
 def finish(run_dir: Path, c: Config, graphdef, params, dataset, last: dict) -> dict:
     """Write the chapter's pictures for the final parameters and return the summary's metrics."""
-    from jaxvae import plots, sample
+    from jaxvae import pictures, plots, sample
 
     model = nnx.merge(graphdef, params)
     keys = ("loss", "reconstruction_loss", "kl_loss", "x_std", "z_std", "val_loss", "skipped_steps", "rollbacks")
+    plots.curves(run_lib.read_metrics(run_dir), run_dir / "curves.png")
     if c.vector_data:  # no pictures of vectors: the curves, and the error in data units
-        plots.curves(run_lib.read_metrics(run_dir), run_dir / "curves.png")
         x = dataset.val[:VAL_IMAGES]
         mse = float(np.mean((sample.reconstruct(model, x) - x) ** 2))
         return {"steps": c.steps, "reconstruction_mse": mse, **{k: last[k] for k in keys if k in last}}
-    val = data_lib.to_model_range(dataset.val[:10])
-    recon = sample.reconstruct(model, val)
-    mse = sample.pixel_mse(val, recon)
-    plots.curves(run_lib.read_metrics(run_dir), run_dir / "curves.png")
+    out = pictures.pictures(model, dataset.val, pictures.run_key(c), pictures.RUN)
     summary_images = min(len(dataset.val), VAL_IMAGES)
-    plots.reconstructions(val, recon, mse, run_dir / "reconstructions.png",
+    plots.reconstructions(out["originals"], out["reconstructions"], out["reconstruction_mse"],
+                          run_dir / "reconstructions.png",
                           note=f"summary.json's reconstruction_mse is over the first {summary_images} held-out images")
-    samples = sample.sample_prior(model, 20, jax.random.key(c.seed + 3))
     prior = "N(0, I)" if c.prior == "normal" else "VampPrior"
-    plots.image_grid(samples, run_dir / "samples.png", rows=2, title=f"prior samples, z ~ {prior}")
-    x0, x1 = data_lib.to_model_range(dataset.val[:2])  # held-out images 0 and 1, as in interpolate and the report
-    pixel = sample.interpolate_pixels(x0, x1, 10)
-    latent = sample.interpolate(model, x0, x1, 10, "slerp")
-    plots.interpolation(pixel, latent, run_dir / "interpolation.png", method="slerp")
+    plots.prior_samples(out["samples"][0], run_dir / "samples.png", rows=2, title=f"prior samples, z ~ {prior}")
+    plots.interpolation(out["pixel"], out["slerp"], run_dir / "interpolation.png", method="slerp")
     full_mse = sample.pixel_mse(*_reconstruct_all(model, dataset.val[:VAL_IMAGES]))
     return {"steps": c.steps, "reconstruction_mse": full_mse, **{k: last[k] for k in keys if k in last}}
 

@@ -9,17 +9,17 @@ import dataclasses
 import math
 import os
 import sys
-import tempfile
 from typing import Annotated
 
 import numpy as np
 import tyro
 from PIL import Image, PngImagePlugin
 
+from jaxvae.atomic import atomic_path
 from jaxvae.cli.common import parse
 from jaxvae.config import MAX_IMAGE_SIZE, ConfigError, DataOptions
 from jaxvae.data import image_settings, load_images, sources
-from jaxvae.data.prepare import current_umask, prepare_folder, write_array_cache
+from jaxvae.data.prepare import prepare_folder, write_array_cache
 from jaxvae.outputs import PNG_METADATA, output_file
 
 MAX_WORKERS = 256  # decoding processes
@@ -84,22 +84,9 @@ def run_prepare(a: PrepareArgs) -> int:
     return 0
 
 
-def image_grid(images: np.ndarray, scale: int = 1, pad: int = 2) -> np.ndarray:
-    """(n, S, S, C) uint8 -> one (rows*(sS+pad)+pad, cols*(sS+pad)+pad, C) uint8 image on white."""
-    n, size, _, channels = images.shape
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    cell = size * scale
-    grid = np.full((rows * (cell + pad) + pad, cols * (cell + pad) + pad, channels), 255, np.uint8)
-    big = images.repeat(scale, axis=1).repeat(scale, axis=2)  # nearest: pixels stay visible
-    for i in range(n):
-        r, c = divmod(i, cols)
-        y, x = pad + r * (cell + pad), pad + c * (cell + pad)
-        grid[y:y + cell, x:x + cell] = big[i]
-    return grid
-
-
 def run_show_data(a: ShowDataArgs) -> int:
+    from jaxvae import plots  # matplotlib: loaded when a grid is drawn, not for --help
+
     if a.count <= 0 or a.scale < 0:
         raise ConfigError(f"count must be > 0 and scale >= 0, got count {a.count}, scale {a.scale}")
     if a.scale * a.image_size > MAX_IMAGE_SIZE:
@@ -107,22 +94,14 @@ def run_show_data(a: ShowDataArgs) -> int:
     out = output_file(a.out, "data.png")  # never a user's file, never inside a run
     images = load_images(a.data, a)
     rows = np.sort(np.random.default_rng(a.seed).permutation(len(images))[:a.count])
+    shown = np.asarray(images[rows])  # (n, S, S, C) uint8
     scale = a.scale or max(1, math.ceil(64 / a.image_size))
-    grid = image_grid(np.asarray(images[rows]), scale)
-    folder = os.path.dirname(os.path.abspath(out))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)  # then rename: never a half-written PNG
-    os.close(fd)
-    try:
-        info = PngImagePlugin.PngInfo()
-        for key, value in PNG_METADATA.items():
-            info.add_text(key, value)
-        Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp, pnginfo=info)
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would make the figure private
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    grid = plots.tile(shown, cols=math.ceil(math.sqrt(len(shown))), min_side=scale * shown.shape[1])
+    info = PngImagePlugin.PngInfo()
+    for key, value in PNG_METADATA.items():
+        info.add_text(key, value)
+    with atomic_path(out) as tmp:  # never a half-written PNG
+        Image.fromarray(grid[..., 0] if shown.shape[-1] == 1 else grid).save(tmp, format="PNG", pnginfo=info)
     print(f"jaxvae: wrote a grid of {len(rows)} images from {a.data} to {out}", file=sys.stderr)
     return 0
 

@@ -81,7 +81,7 @@ def run(argv: list[str]) -> int:
     from jaxvae import evaluation
     from jaxvae import run as run_lib
     from jaxvae.api import load as load_run
-    from jaxvae.diagnostics import plot_kl_per_dim
+    from jaxvae.latents import plot_kl_per_dim
     from jaxvae.outputs import make_parent, output_file
 
     if a.limit < 0:

@@ -115,31 +115,45 @@ def sample(argv: list[str]) -> int:
         run_lib.open_run(a.run)
         samplers.load_sampler(a.run, a.sampler)
     vae = load(a.run, a.checkpoint)
-    images = vae.sample(a.n, seed=a.seed, temperature=a.temperature, sampler=a.sampler or None)
+    if a.sampler:
+        images = vae.sample(a.n, seed=a.seed, temperature=a.temperature, sampler=a.sampler)
+    else:  # the key a run's own samples.png is drawn from when --seed is the run's seed (pictures.run_key)
+        import jax
+
+        from jaxvae import pictures
+
+        wanted = pictures.Wanted(samples=a.n, temperatures=(a.temperature,))
+        images = pictures.pictures(vae.model, None, jax.random.key(a.seed), wanted)["samples"][0]
     what = f"{a.sampler} sampler" if a.sampler else "prior"
-    plots.image_grid(images, make_parent(out), rows=max(1, a.n // 10), title=f"{what} samples, T = {a.temperature}")
+    plots.prior_samples(images, make_parent(out), rows=max(1, a.n // 10), title=f"{what} samples, T = {a.temperature}")
     print(f"wrote {a.n} {what} samples of {a.run} to {out}")
     return 0
 
 
+def _held_out(vae, n: int):
+    """The first n held-out images of the run's data, uint8 as stored."""
+    from jaxvae import data as data_lib
+
+    return data_lib.load_dataset(vae.config).val[:n]
+
+
 def reconstruct(argv: list[str]) -> int:
     a = parse(ReconstructArgs, argv, prog="reconstruct")
-    from jaxvae import plots, sample
+    from jaxvae import pictures, plots
 
     positive(n=a.n)
     at_most(MAX_COLUMNS, n=a.n)
     out = picture_out(a.out, a.run, "reconstructions")
     vae = load(a.run, a.checkpoint)
-    x = vae.held_out(a.n)
-    recon = vae.reconstruct(x, data_range="pm1")
-    plots.reconstructions(x, recon, sample.pixel_mse(x, recon), make_parent(out))
-    print(f"wrote reconstructions of {len(x)} held-out images of {a.run} to {out}")
+    drawn = pictures.pictures(vae.model, _held_out(vae, a.n), None, pictures.Wanted(reconstructions=a.n))
+    plots.reconstructions(drawn["originals"], drawn["reconstructions"], drawn["reconstruction_mse"], make_parent(out))
+    print(f"wrote reconstructions of {len(drawn['originals'])} held-out images of {a.run} to {out}")
     return 0
 
 
 def interpolate(argv: list[str]) -> int:
     a = parse(InterpolateArgs, argv, prog="interpolate")
-    from jaxvae import plots, sample
+    from jaxvae import pictures, plots, sample
 
     positive(steps=a.steps)
     at_most(MAX_COLUMNS, steps=a.steps)
@@ -147,12 +161,12 @@ def interpolate(argv: list[str]) -> int:
         raise ConfigError(f"unknown method {a.method!r}: choose slerp or lerp")
     out = picture_out(a.out, a.run, "interpolation")
     vae = load(a.run, a.checkpoint)
-    x = vae.held_out(max(a.first, a.second) + 1)
+    x = _held_out(vae, max(a.first, a.second) + 1)
     if min(a.first, a.second) < 0 or max(a.first, a.second) >= len(x):
         raise ConfigError(f"--first/--second must index the {len(x)} held-out images")
-    latent = vae.interpolate(x[a.first], x[a.second], a.steps, a.method, data_range="pm1")
-    pixel = sample.interpolate_pixels(x[a.first], x[a.second], a.steps)
-    plots.interpolation(pixel, latent, make_parent(out), method=a.method)
+    wanted = pictures.Wanted(interpolations=("pixel", a.method), pair=(a.first, a.second), steps=a.steps)
+    drawn = pictures.pictures(vae.model, x, None, wanted)
+    plots.interpolation(drawn["pixel"], drawn[a.method], make_parent(out), method=a.method)
     print(f"wrote the interpolation between held-out images {a.first} and {a.second} of {a.run} to {out}")
     return 0
 
@@ -160,7 +174,7 @@ def interpolate(argv: list[str]) -> int:
 def traverse(argv: list[str]) -> int:
     a = parse(TraverseArgs, argv, prog="traverse")
     from jaxvae import data as data_lib
-    from jaxvae import latents, plots
+    from jaxvae import pictures, plots
     from jaxvae import run as run_lib
 
     positive(top=a.top, steps=a.steps)
@@ -169,15 +183,14 @@ def traverse(argv: list[str]) -> int:
         raise ConfigError(f"--span must be > 0, got {a.span}")
     _, config = run_lib.open_run(a.run)  # bad input is refused before the checkpoint is read
     out = picture_out(a.out, a.run, "traversals")
-    dims = latents.check_dims(a.dims, config.z_dim) if a.dims else None
+    dims = tuple(pictures.check_dims(a.dims, config.z_dim)) if a.dims else ()
     val = data_lib.load_dataset(config).val
     if not 0 <= a.image < len(val):
         raise ConfigError(f"--image must index the {len(val)} held-out images, got {a.image}")
     vae = load(a.run, a.checkpoint)
-    stats = latents.latent_stats(vae.model, data_lib.to_model_range(val[:latents.HELD_OUT]))
-    dims = dims or list(latents.most_active(stats.kl, min(a.top, config.z_dim)))
-    image = data_lib.to_model_range(val[a.image])
-    images, values = latents.traverse(vae.model, image, dims, a.steps, a.span)
-    plots.traversal_grid(images, dims, values, make_parent(out), kl=stats.kl)
+    wanted = pictures.Wanted(traversals=a.top, dims=dims, traversal_steps=a.steps, span=a.span, image=a.image)
+    drawn = pictures.pictures(vae.model, val, None, wanted)
+    dims = drawn["traversal_dims"]
+    plots.traversal_grid(drawn["traversals"], dims, drawn["traversal_values"], make_parent(out), kl=drawn["kl_per_dim"])
     print(f"wrote traversals of {len(dims)} latent dimensions of {a.run} to {out}")
     return 0
