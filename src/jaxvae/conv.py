@@ -16,7 +16,9 @@ Z latent dims. Images are NHWC in [-1, 1].
 The stem is a 3x3 conv (P = 1) or a PxP patch embedding (a matmul on space-to-depth patches). Why P:
 on a CPU a 3x3 conv of few channels at full resolution runs at a third of the speed of the same
 FLOPs at lower resolution and more channels (measured in benchmarks/quality.py's notes), so P = 2
-moves every residual block to S/2 and keeps one cheap 3x3 conv of f channels at full resolution.
+moves every residual block to S/2 (P = 4, the `tiny` preset, to S/4: per FLOP, a 16-channel 3x3 conv at
+16x16 ran at about a quarter of the speed of a 64-channel one at 4x4 on the 2-core CPU) and keeps one cheap 3x3
+conv of f channels at full resolution.
 That last conv mixes each pixel's neighbourhood across the PxP cells, so nothing paints patches
 independently (the transformer's 8x8 seams). ResBlocks are pre-activation (GroupNorm, SiLU,
 conv) twice with the second conv zero-initialised, so every block starts as the identity.
