@@ -301,10 +301,8 @@ def estimate_seconds(vae, data, iw_samples: int = 100, *, config: Config | None 
     plan = plan_chunks(iw_samples, n, bytes_per_sample(c), call_bytes)
     probe = Plan(examples=plan.examples, samples=plan.samples, chunks=1)  # one chunk of one batch
     rows = np.asarray(data[:probe.examples])
-    x = rows.astype(np.float32) / 127.5 - 1.0 if rows.dtype == np.uint8 else rows.astype(np.float32)
-    x = np.concatenate([x, np.repeat(x[-1:], probe.examples - len(x), axis=0)])
+    x, idx, _ = _padded_batch(rows, 0, probe.examples, eight_bit=rows.dtype == np.uint8)
     graphdef, params = nnx.split(model)
-    idx = np.arange(probe.examples, dtype=np.int32)
     times = []
     for _ in range(2):  # the first call compiles
         t0 = time.perf_counter()
@@ -358,32 +356,9 @@ def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, 
     dequantize = bool(c.dequantize and eight_bit)
 
     t0 = time.perf_counter()
-    parts: dict[str, list[np.ndarray]] = {}
-    binary = True  # binarized models score binarized data
-    bar = Progress(n, "evaluate", "example", enabled=progress)
-    for lo in range(0, n, plan.examples):
-        rows = np.asarray(data[lo:lo + plan.examples])
-        if eight_bit:
-            binary = binary and (bool(c.binarize) or bool(np.all((rows == 0) | (rows == 255))))
-            x = rows.astype(np.float32) / 127.5 - 1.0  # == data.to_model_range
-        else:
-            x = rows.astype(np.float32)
-        if not np.all(np.isfinite(x)):
-            raise ConfigError(f"data holds NaN or infinite values (in examples {lo}..{lo + len(x) - 1})")
-        idx = np.arange(lo, lo + len(x), dtype=np.int32)
-        pad = plan.examples - len(x)  # the last batch is padded, so one compilation serves all
-        if pad:
-            x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
-            idx = np.concatenate([idx, np.repeat(idx[-1:], pad)])
-        out = _evaluate_batch(graphdef, params, x, idx, key, k=iw_samples, plan=plan,
-                              dequantize=dequantize, images=images, binarize=c.binarize)
-        for name, value in jax.device_get(out).items():
-            parts.setdefault(name, []).append(np.asarray(value)[: plan.examples - pad])
-        bar.update(plan.examples - pad)
-    bar.close()
-    per = {name: np.concatenate(chunks) for name, chunks in parts.items()}
+    per, binary = _evaluate_all(graphdef, params, data, plan, key, k=iw_samples, dequantize=dequantize,
+                                images=images, binarize=c.binarize, eight_bit=eight_bit, progress=progress)
     seconds = time.perf_counter() - t0
-
     elbo = per["kl"] + per["reconstruction_nll"]
     result = {
         "examples": n,
@@ -409,6 +384,7 @@ def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, 
         "memory_cap_mb": memory_cap_mb,
         "seconds": seconds,
         "examples_per_s": n / seconds,
+        **_bits_per_dim(per, elbo, c, eight_bit, binary),
     }
     if images:
         result["psnr"], result["ssim"] = _stat(per["psnr"]), _stat(per["ssim"])
@@ -418,23 +394,68 @@ def evaluate(vae, data, iw_samples: int = 100, *, config: Config | None = None, 
     result["latent_std"] = latent_std(per["posterior_mean"])
     result["latent_scale"] = scale_from_std(result["latent_std"])
     if per_example:
-        keep = ("iwae", "reconstruction_nll", "kl", "mse", "psnr", "ssim")
-        result["per_example"] = {k: per[k].astype(float).tolist() for k in keep if k in per}
-        result["per_example"]["negative_elbo"] = elbo.astype(float).tolist()
-        result["per_example"]["iwae_by_k"] = {str(kk): per["iwae_ladder"][:, i].astype(float).tolist()
-                                              for i, kk in enumerate(iwae_ladder(iw_samples))}
-    result["bits_per_dim"] = result["bits_per_dim_elbo"] = None
-    result["bits_per_dim_valid_bound"], result["bits_per_dim_note"] = False, "only for uint8 images"
-    if eight_bit:
-        d = result["dims"]
-        # A gaussian is a density on [-1, 1]: change variables back to 0..255 pixel units (density / 127.5
-        # per dim). bernoulli and logistic are already probabilities of the discrete values.
-        offset = d * math.log(127.5) if c.likelihood == "gaussian" else 0.0
-        to_bits = lambda nll: (nll + offset) / (d * math.log(2.0))
-        result["bits_per_dim"] = _stat(to_bits(-per["iwae"]))
-        result["bits_per_dim_elbo"] = _stat(to_bits(elbo))
-        result["bits_per_dim_valid_bound"], result["bits_per_dim_note"] = _bits_per_dim_note(c, binary)
+        result["per_example"] = _per_example(per, elbo, iw_samples)
     return result
+
+
+def _padded_batch(rows: np.ndarray, lo: int, size: int, eight_bit: bool) -> tuple[np.ndarray, np.ndarray, int]:
+    """Examples lo.. of the data (rows) as the model's input (size, ...) float32, their indices (size,), and
+    how many rows at the end repeat the last example: the last batch is padded, so one compilation serves all."""
+    x = rows.astype(np.float32) / 127.5 - 1.0 if eight_bit else rows.astype(np.float32)  # == data.to_model_range
+    if not np.all(np.isfinite(x)):
+        raise ConfigError(f"data holds NaN or infinite values (in examples {lo}..{lo + len(x) - 1})")
+    idx = np.arange(lo, lo + len(x), dtype=np.int32)
+    pad = size - len(x)
+    if pad:
+        x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
+        idx = np.concatenate([idx, np.repeat(idx[-1:], pad)])
+    return x, idx, pad
+
+
+def _evaluate_all(graphdef, params, data, plan: Plan, key, *, k: int, dequantize: bool, images: bool,
+                  binarize: str, eight_bit: bool, progress: bool) -> tuple[dict[str, np.ndarray], bool]:
+    """_evaluate_batch over all N examples, plan.examples at a time: the per-example values, (N,) or (N, Z)
+    arrays by name, and whether the data is binary (bits/dim of a binarized model holds only for such data)."""
+    parts: dict[str, list[np.ndarray]] = {}
+    binary = True
+    bar = Progress(len(data), "evaluate", "example", enabled=progress)
+    for lo in range(0, len(data), plan.examples):
+        rows = np.asarray(data[lo:lo + plan.examples])
+        if eight_bit:  # binarized models score binarized data
+            binary = binary and (bool(binarize) or bool(np.all((rows == 0) | (rows == 255))))
+        x, idx, pad = _padded_batch(rows, lo, plan.examples, eight_bit)
+        out = _evaluate_batch(graphdef, params, x, idx, key, k=k, plan=plan, dequantize=dequantize, images=images,
+                              binarize=binarize)
+        for name, value in jax.device_get(out).items():
+            parts.setdefault(name, []).append(np.asarray(value)[: plan.examples - pad])
+        bar.update(plan.examples - pad)
+    bar.close()
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}, binary
+
+
+def _bits_per_dim(per: dict, elbo: np.ndarray, c: Config, eight_bit: bool, binary: bool) -> dict:
+    """bits/dim of the IWAE bound and of the ELBO, for uint8 images only, with whether they bound the discrete NLL."""
+    if not eight_bit:
+        return {"bits_per_dim": None, "bits_per_dim_elbo": None, "bits_per_dim_valid_bound": False,
+                "bits_per_dim_note": "only for uint8 images"}
+    d = int(np.prod(c.data_shape))
+    # A gaussian is a density on [-1, 1]: change variables back to 0..255 pixel units (density / 127.5
+    # per dim). bernoulli and logistic are already probabilities of the discrete values.
+    offset = d * math.log(127.5) if c.likelihood == "gaussian" else 0.0
+    to_bits = lambda nll: (nll + offset) / (d * math.log(2.0))
+    valid, note = _bits_per_dim_note(c, binary)
+    return {"bits_per_dim": _stat(to_bits(-per["iwae"])), "bits_per_dim_elbo": _stat(to_bits(elbo)),
+            "bits_per_dim_valid_bound": valid, "bits_per_dim_note": note}
+
+
+def _per_example(per: dict, elbo: np.ndarray, iw_samples: int) -> dict:
+    """The (N,) values behind the means, as lists (JSON)."""
+    keep = ("iwae", "reconstruction_nll", "kl", "mse", "psnr", "ssim")
+    out = {k: per[k].astype(float).tolist() for k in keep if k in per}
+    out["negative_elbo"] = elbo.astype(float).tolist()
+    out["iwae_by_k"] = {str(kk): per["iwae_ladder"][:, i].astype(float).tolist()
+                        for i, kk in enumerate(iwae_ladder(iw_samples))}
+    return out
 
 
 # --- presentation -------------------------------------------------------------------------------
