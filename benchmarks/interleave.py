@@ -58,7 +58,7 @@ def jaxvae_step(preset_name: str, batch: int, precision: str, devices=None):
     """jaxvae's jitted train step (donated state) on random images, data-parallel over `devices`."""
     from jaxvae import parallel
     from jaxvae.config import preset
-    from jaxvae.train import init_state, make_train_step
+    from jaxvae.step import init_state, make_train_step
 
     c = preset(preset_name).replace(batch_size=batch, precision=precision)
     mesh = parallel.data_mesh(devices)

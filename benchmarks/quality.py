@@ -30,7 +30,8 @@ import jaxvae
 from jaxvae import data as data_lib
 from jaxvae import parallel
 from jaxvae.config import TINY, TINY_TRANSFORMER
-from jaxvae.train import init_state, make_train_step, train
+from jaxvae.step import init_state, make_train_step
+from jaxvae.train import train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

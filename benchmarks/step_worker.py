@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxvae import parallel
 from jaxvae.config import preset
-from jaxvae.train import init_state, make_train_step
+from jaxvae.step import init_state, make_train_step
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ def untrained_run(out, config: Config):
     loads a run, without training it."""
     from jaxvae import run as run_lib
     from jaxvae.checkpoint import Checkpointer
-    from jaxvae.train import init_state
+    from jaxvae.step import init_state
 
     out = run_lib.create(out, config)
     _, state = init_state(config)

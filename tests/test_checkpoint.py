@@ -170,7 +170,7 @@ def test_a_config_edited_to_another_model_is_one_line_and_moves_nothing(tmp_path
     import jaxvae
     from jaxvae import parallel
     from jaxvae.resilience import resume
-    from jaxvae.train import init_state
+    from jaxvae.step import init_state
 
     run = untrained_run(tmp_path / "run", micro_config())
     config = run_lib.read_json(run / "config.json")

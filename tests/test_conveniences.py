@@ -16,6 +16,7 @@ import jaxvae
 from jaxvae import data as data_lib
 from jaxvae import losses, plots, sample, train
 from jaxvae import run as run_lib
+from jaxvae import step as step_lib
 from jaxvae.checkpoint import Checkpointer
 from jaxvae.config import Config, ConfigError
 
@@ -35,13 +36,13 @@ def _batch(c, n=8, seed=0):
 
 @functools.cache
 def _step_fn(c):
-    graphdef, _ = train.init_state(c)
-    return train.make_train_step(graphdef, c)
+    graphdef, _ = step_lib.init_state(c)
+    return step_lib.make_train_step(graphdef, c)
 
 
 def _steps(c, x, n, state=None):
     step = _step_fn(c)
-    state = train.init_state(c)[1] if state is None else state
+    state = step_lib.init_state(c)[1] if state is None else state
     history = []
     for _ in range(n):
         state, m = step(state, x)
@@ -73,12 +74,12 @@ def test_a_rollbacks_lr_scale_still_multiplies_the_scheduled_rate():
     c = vector_config(lr=1e-3, lr_schedule="cosine", warmup_steps=2, steps=10)
     x = _batch(c)
     full, h_full = _steps(c, x, 2)
-    graphdef, fresh = train.init_state(c)
+    graphdef, fresh = step_lib.init_state(c)
     half_state = {**fresh, "lr_scale": jnp.float32(0.5)}
     half, h_half = _steps(c, x, 2, half_state)
     assert [float(m["lr"]) for m in h_half] == pytest.approx([0.5 * float(m["lr"]) for m in h_full], rel=1e-6)
     # step 0 has lr 0 (warm-up), so step 1 is the one move, from the same parameters and gradients
-    p0 = train.init_state(c)[1]["params"]
+    p0 = step_lib.init_state(c)[1]["params"]
     moved_full = jax.tree.map(lambda a, b: np.asarray(a - b), full["params"], p0)
     moved_half = jax.tree.map(lambda a, b: np.asarray(a - b), half["params"], p0)
     leaf_full, leaf_half = jax.tree.leaves(moved_full)[0], jax.tree.leaves(moved_half)[0]
@@ -103,7 +104,7 @@ def test_bad_convenience_settings_are_refused(changes, message):
 def test_ema_follows_its_recursion_in_float64():
     c = vector_config(ema=0.9)
     x = _batch(c)
-    state, step = train.init_state(c)[1], _step_fn(c)
+    state, step = step_lib.init_state(c)[1], _step_fn(c)
     expected = jax.tree.map(lambda p: np.asarray(p, np.float64), state["params"])
     for t in range(5):
         state, _ = step(state, x)
@@ -114,7 +115,7 @@ def test_ema_follows_its_recursion_in_float64():
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-7)
     assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state["ema"]),
                                                         jax.tree.leaves(state["params"]), strict=True))
-    assert "ema" not in train.init_state(vector_config())[1]  # off: no second copy of the parameters
+    assert "ema" not in step_lib.init_state(vector_config())[1]  # off: no second copy of the parameters
 
 
 def test_a_skipped_step_leaves_the_ema_unchanged():
@@ -135,7 +136,7 @@ def test_the_ema_is_checkpointed_and_is_what_load_returns(tmp_path):
     ckpt = Checkpointer(run)
     ckpt.save(3, state, {"epoch": 0, "pos": 0})
     ckpt.wait()
-    graphdef, fresh = train.init_state(c)
+    graphdef, fresh = step_lib.init_state(c)
     restored, _ = ckpt.restore(fresh, 3)
     ckpt.close()
     for name in ("params", "ema"):
@@ -153,11 +154,11 @@ def test_the_ema_is_checkpointed_and_is_what_load_returns(tmp_path):
 
 def test_validation_dequantizes_with_fixed_noise_when_training_does():
     c = micro_config(dequantize=True)
-    graphdef, state = train.init_state(c)
+    graphdef, state = step_lib.init_state(c)
     val = data_lib.make_shapes(32, c.image_size, seed=3)[0]
-    eval_step = train.make_eval_step(graphdef, c)
-    got = train.validation_metrics(eval_step, state["params"], val, c)
-    assert got == train.validation_metrics(eval_step, state["params"], val, c)  # fixed noise
+    eval_step = step_lib.make_eval_step(graphdef, c)
+    got = step_lib.validation_metrics(eval_step, state["params"], val, c)
+    assert got == step_lib.validation_metrics(eval_step, state["params"], val, c)  # fixed noise
     # by hand: batch i is scored on x + u_i / 127.5 with u_i from fold_in(fold_in(key, i), 1)
     model = nnx.merge(graphdef, state["params"])
     key = jax.random.key(c.seed + 2)
@@ -167,7 +168,7 @@ def test_validation_dequantizes_with_fixed_noise_when_training_does():
         x = losses.dequantize(jnp.asarray(data_lib.to_model_range(val[16 * i:16 * i + 16])), jax.random.fold_in(k, 1))
         nll.append(float(losses.vae_loss(model, x, k, c.beta)[1]["reconstruction_loss"]))
     assert got["val_reconstruction_loss"] == pytest.approx(np.mean(nll), rel=1e-6)
-    clean = train.validation_metrics(train.make_eval_step(graphdef, c.replace(dequantize=False)),
+    clean = step_lib.validation_metrics(step_lib.make_eval_step(graphdef, c.replace(dequantize=False)),
                                      state["params"], val, c)
     assert abs(clean["val_reconstruction_loss"] - got["val_reconstruction_loss"]) > 1e-3
 
@@ -185,7 +186,7 @@ def test_the_time_estimate_points_the_seed_preset_on_a_cpu_to_tiny():
 
 def test_finish_labels_the_reconstruction_mse_and_interpolates_held_out_images_0_and_1(tmp_path, monkeypatch):
     c = micro_config()
-    graphdef, state = train.init_state(c)
+    graphdef, state = step_lib.init_state(c)
     dataset = data_lib.Dataset(train=data_lib.make_shapes(8, c.image_size, seed=1)[0],
                                val=data_lib.make_shapes(30, c.image_size, seed=2)[0], source="shapes")
     drawn = {}

@@ -139,7 +139,7 @@ def test_dequantize_adds_less_than_one_pixel_level():
 
 
 def test_train_step_logs_beta_and_uses_free_bits():
-    from jaxvae.train import init_state, make_train_step
+    from jaxvae.step import init_state, make_train_step
 
     c = Config(arch="linear", data_dim=4, z_dim=2, batch_size=8, beta=2.0, kl_warmup_steps=4, free_bits=0.1)
     graphdef, state = init_state(c)

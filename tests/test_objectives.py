@@ -24,7 +24,7 @@ from jaxvae.objectives import (
     iwae_loss,
     objective_loss,
 )
-from jaxvae.train import init_state, make_train_step
+from jaxvae.step import init_state, make_train_step
 
 MICRO_FLAGS = ["--image-size", "16", "--patch-size", "4", "--hidden", "32", "--depth", "1", "--heads", "2",
                "--mlp-ratio", "2", "--z-dim", "4", "--batch-size", "16", "--steps", "2", "--quiet"]

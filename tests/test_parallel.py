@@ -32,7 +32,7 @@ WORKER = textwrap.dedent("""
     from jaxvae import parallel
     from jaxvae.config import Config
     from jaxvae.data.shapes import make_shapes
-    from jaxvae.train import init_state, make_train_step
+    from jaxvae.step import init_state, make_train_step
 
     args = json.loads(sys.argv[1])
     if args.get("coordinator"):

@@ -32,6 +32,7 @@ import jaxvae
 from jaxvae import cli, parallel
 from jaxvae import data as data_lib
 from jaxvae import run as run_lib
+from jaxvae import step as step_lib
 from jaxvae import train as train_lib
 from jaxvae.checkpoint import Checkpointer, all_finite
 from jaxvae.config import Config
@@ -217,7 +218,7 @@ def test_early_stop_keeps_the_best_checkpoint_and_a_resume_can_go_on(tmp_path, m
     script = iter([5.0, 4.0, 4.5, 4.6] + [3.0 - 0.1 * i for i in range(20)])
     monkeypatch.setattr(train_lib, "validation_metrics",
                         lambda *a, **k: {f"val_{key}": next(script) if key == "loss" else 0.0
-                                         for key in train_lib.VAL_KEYS})
+                                         for key in step_lib.VAL_KEYS})
     monkeypatch.setattr(train_lib, "ESTIMATE_STEPS", 2)
     c = MICRO.replace(eval_every=3, ckpt_every=24, early_stop=2)
     run = tmp_path / "run"
@@ -279,7 +280,7 @@ def test_poisoned_batches_are_skipped_then_rolled_back(tmp_path, monkeypatch, ca
     assert all(r["rollbacks"] == 1 and r["lr"] == np.float32(5e-4) for r in records)
     ckpt = Checkpointer(run, read_only=True)
     for step in ckpt.steps():
-        state, _ = ckpt.restore(train_lib.init_state(MICRO)[1], step)
+        state, _ = ckpt.restore(step_lib.init_state(MICRO)[1], step)
         assert all_finite(state), step
 
 
@@ -292,7 +293,7 @@ def test_huge_learning_rate_stops_after_the_second_rollback(tmp_path, capsys):
     assert "halved the learning rate to 5e+29" in capsys.readouterr().err
     ckpt = Checkpointer(run, read_only=True)
     assert ckpt.steps() == [0]
-    assert all_finite(ckpt.restore(train_lib.init_state(MICRO)[1])[0])
+    assert all_finite(ckpt.restore(step_lib.init_state(MICRO)[1])[0])
     assert run_lib.read_metrics(run) == []
 
 

@@ -107,7 +107,7 @@ def test_sampler_and_fit_sampler_refusals(run_with_checkpoint, tmp_path, capsys)
 @pytest.fixture
 def run_with_three_checkpoints(tmp_path):
     """Checkpoints 10, 20, 30 with validation losses 5, 3, 4 and different parameters."""
-    from jaxvae.train import init_state
+    from jaxvae.step import init_state
 
     c = micro_config(arch="mlp")
     out = run_lib.create(tmp_path / "run", c)

@@ -10,7 +10,7 @@ from flax import nnx
 from jaxvae import data as data_lib
 from jaxvae.losses import negative_elbo_terms, vae_loss
 from jaxvae.model import build
-from jaxvae.train import init_state, make_train_step
+from jaxvae.step import init_state, make_train_step
 
 
 def _batch(c, n=16, seed=0):
