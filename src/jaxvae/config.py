@@ -297,13 +297,6 @@ def check_numbers(obj) -> None:
                     raise ConfigError(f"{flag} {v} is out of range (at most {MAX_INT:,} in size)")
 
 
-def parse_args(cls, argv: list[str], prog: str, default=None):
-    """tyro-parse a command's arguments (a dataclass) and check their numbers (check_numbers)."""
-    args = tyro.cli(cls, args=argv, default=default, prog=prog)
-    check_numbers(args)
-    return args
-
-
 def validate(c: Config) -> None:
     """Raise ConfigError naming the first setting that cannot work."""
     DataOptions.validate(c)  # the numbers of every field, then the data options

@@ -162,14 +162,14 @@ def _curves(page: Page, records: list[dict]) -> None:
 
 def _load_model(page: Page, path: Path):
     """The run's latest checkpoint as a TrainedVAE, or None with a line saying why."""
-    import jaxvae
+    from jaxvae.api import load
 
     ckpt_dir = path / run_lib.CHECKPOINTS
     if not ckpt_dir.is_dir() or not any(ckpt_dir.iterdir()):
         reason = f"no checkpoint yet ({run_lib.CHECKPOINTS}/ is empty)"
     else:
         try:
-            vae = jaxvae.load(path)
+            vae = load(path)
             return vae, vae.checkpoint_step
         except run_lib.RunError as e:  # no complete checkpoint yet: the first save is still being written
             reason = str(e)
