@@ -126,6 +126,7 @@ def _user_png(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # every writer end to end; test_picture_commands_write_a_png_and_leave_the_run_alone is the fast one
 @pytest.mark.parametrize("command", WRITERS)
 def test_a_user_file_survives_every_command_that_writes(capsys, trained_run, tmp_path, command):
     """--out naming a user's file is refused in one line; the same --out naming what jaxvae wrote is
@@ -156,6 +157,7 @@ def test_show_data_and_prepare_and_train_leave_a_user_file_alone(capsys, tmp_pat
     assert user.read_bytes() == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["sample", "reconstruct", "interpolate", "traverse"])
 def test_picture_out_folders_and_runs(capsys, trained_run, tmp_path, command, monkeypatch):
     """A trailing slash or an existing folder means "write inside it", under a name that is not a
