@@ -15,7 +15,7 @@ import jaxvae
 from jaxvae import cli
 from jaxvae import data as data_lib
 from jaxvae import run as run_lib
-from jaxvae.cli.common import MAX_SAMPLES
+from jaxvae.cli.common import MAX_SAMPLES, one_line
 
 MICRO_FLAGS = ["--image-size", "16", "--patch-size", "4", "--hidden", "32", "--depth", "1", "--heads", "2",
                "--mlp-ratio", "2", "--z-dim", "4", "--batch-size", "16", "--steps", "12", "--log-every", "4",
@@ -401,3 +401,31 @@ def test_help_imports_no_jax(name):
     p = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert f"usage: jaxvae {name}" in p.stdout
+
+
+UNICODE_BOX = """╭─ Unrecognized options ───────────────────╮
+│ Unrecognized options: --z-dm, 1          │
+│ ──────────────────────────────────────── │
+│ Perhaps you meant:                       │
+│     --z-dim INT                          │
+│         Latent dimensions. (default: 64) │
+│ ──────────────────────────────────────── │
+│ For full helptext, run p --help          │
+╰──────────────────────────────────────────╯
+"""
+ASCII_BOX = "\n".join([
+    " Value error",
+    " ----------------------------------------------------------------",
+    "  Error parsing --n: invalid literal for int() with base 10: 'x'",
+    "  ----------------------------------------------------------------",
+    "  Argument helptext:",
+    "      --n INT",
+    "      Number of samples. (default: 20)",
+    "  ----------------------------------------------------------------",
+    "  For full helptext, see p --help", ""])
+
+
+def test_one_line_reads_both_drawings_of_tyros_box():
+    """tyro draws Unicode edges on a UTF-8 terminal and spaces and dashes elsewhere (as under pytest's capture)."""
+    assert one_line(UNICODE_BOX) == "Unrecognized options: --z-dm, 1; perhaps you meant: --z-dim INT"
+    assert one_line(ASCII_BOX) == "Error parsing --n: invalid literal for int() with base 10: 'x'"
