@@ -1,4 +1,7 @@
-"""Shared fixtures: a micro config and one trained micro run, reused by the read-only tests."""
+"""Shared fixtures: a micro config and one trained micro run, reused by the read-only tests; and one
+persistent XLA compilation cache for the whole session."""
+
+import os
 
 import jax
 import pytest
@@ -8,6 +11,20 @@ from jaxvae.config import Config
 # As equinox's tests do: an implicit broadcast between arrays of different ranks (a (B,) against a
 # (B, Z), say) raises instead of silently broadcasting, so a shape slip cannot hide in the maths.
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# Most of the suite's time is XLA compiling the same few programs (a micro model's train step, its
+# pictures) again in every test and in both workers. One persistent cache, in pytest's cache folder,
+# lets a program compiled once be loaded everywhere else, subprocesses included (they read the
+# JAX_* variables). A fresh clone starts cold, as CI does; `rm -rf .pytest_cache` makes it cold.
+CACHE_SETTINGS = {"jax_compilation_cache_dir": None, "jax_persistent_cache_min_compile_time_secs": 0,
+                  "jax_persistent_cache_min_entry_size_bytes": 0}
+
+
+def pytest_configure(config):
+    folder = str(config.cache.mkdir("jaxvae-compilation-cache"))
+    for name, value in {**CACHE_SETTINGS, "jax_compilation_cache_dir": folder}.items():
+        jax.config.update(name, value)
+        os.environ[name.upper()] = str(value)
 
 
 def micro_config(**changes) -> Config:

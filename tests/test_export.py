@@ -28,6 +28,9 @@ from jaxvae.model import build
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 N = 37  # examples to encode: no batch size below divides it
 
+# Both files read the session's trained_run: one worker takes both, so it is trained once.
+pytestmark = pytest.mark.xdist_group("trained_run")
+
 
 def _cli(capsys, *args) -> tuple[int, str]:
     """Exit code and stderr, less the note of which checkpoint a command loaded."""

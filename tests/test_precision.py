@@ -20,6 +20,7 @@ def _batch(c, n=8, seed=0):
     return jax.random.uniform(jax.random.key(seed), (n, c.image_size, c.image_size, c.channels), minval=-1, maxval=1)
 
 
+@pytest.mark.slow  # two compiles of the whole loss and its gradient: 15-25 s on 2 cores
 def test_bf16_keeps_parameters_gradients_and_losses_fp32_and_close_to_fp32():
     c32, c16 = micro_config(), micro_config(precision="bf16")
     graphdef32, params = nnx.split(build(c32))

@@ -27,6 +27,8 @@ from jaxvae.config import Config
 TINY = Config(image_size=8, patch_size=4, hidden=32, depth=1, heads=2, mlp_ratio=2, z_dim=6, beta=1.0, lr=1e-3,
               batch_size=16, steps=6, log_every=2, eval_every=3, ckpt_every=6)
 HAS_TENSORBOARDX = importlib.util.find_spec("tensorboardX") is not None
+# One worker takes the whole file, so the trained run below is trained once, not once per worker.
+pytestmark = pytest.mark.xdist_group("report")
 SECTIONS = ("Run summary", "Config", "Loss curves", "The data", "Reconstructions", "Prior samples",
             "Interpolation", "KL per latent dimension", "Latent traversals", "Evaluation")
 

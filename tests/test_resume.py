@@ -22,10 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 from orbax.checkpoint._src.handlers import json_checkpoint_handler
 
 import jaxvae
@@ -71,27 +69,12 @@ def no_pictures(run_dir, c, graphdef, params, dataset, last) -> dict:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def setting(request, tmp_path_factory):
-    """Small data, no pictures (finish is tested elsewhere) and a persistent compilation cache."""
-    cache = tmp_path_factory.mktemp("jax-cache")
-    if request.config.cache is not None:
-        cache = request.config.cache.mkdir("jaxvae-compilation-cache")
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    before = {n: getattr(jax.config, n) for n in names}
-    for n, v in zip(names, (str(cache), 0, 0), strict=True):
-        jax.config.update(n, v)
-    compilation_cache.reset_cache()
+def setting():
+    """Small data and no pictures (finish is tested elsewhere). The compilation cache is conftest's."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(data_lib, "load_dataset", small_dataset)
         mp.setattr(train_lib, "finish", no_pictures)
-        mp.setenv("JAX_COMPILATION_CACHE_DIR", str(cache))
-        mp.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-        mp.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
         yield
-    for n, v in before.items():
-        jax.config.update(n, v)
-    compilation_cache.reset_cache()
 
 
 def comparable(run: Path) -> list[dict]:
