@@ -54,7 +54,8 @@ def parse_source(spec: str) -> Source:
     prefix, sep, rest = spec.partition(":")
     if sep and prefix in PREFIXES:
         if not os.path.isdir(rest):
-            raise ConfigError(f"{prefix}:DIR needs a folder, but {rest!r} is not one")
+            hint = " (scripts/mnist_to_idx.py writes MNIST's idx files, offline)" if prefix.startswith("mnist") else ""
+            raise ConfigError(f"{prefix}:DIR needs a folder, but {rest!r} is not one{hint}")
         if prefix == "celeba" and os.path.isdir(os.path.join(rest, "img_align_celeba")):
             rest = os.path.join(rest, "img_align_celeba")  # the dataset's root rather than its image folder
         return Source(prefix, rest)
