@@ -20,7 +20,7 @@ class TrainArgs:
     config: Annotated[Config, tyro.conf.arg(name="")]
     preset: str = "seed"
     """Named defaults: seed (the chapter's) | tiny (the conv CPU demo) | tiny-transformer | mnist (binarized
-    MNIST from data/mnist: an MLP VAE, Bernoulli, dynamic binarization)."""
+    MNIST from data/mnist: an MLP VAE with a VampPrior, Bernoulli, dynamic binarization)."""
     out: str = "runs/default"
     """Run directory to create."""
     overwrite: bool = False
