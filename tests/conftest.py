@@ -21,6 +21,8 @@ CACHE_SETTINGS = {"jax_compilation_cache_dir": None, "jax_persistent_cache_min_c
 
 
 def pytest_configure(config):
+    if getattr(config, "cache", None) is None:  # run with -p no:cacheprovider: compile everything afresh
+        return
     folder = str(config.cache.mkdir("jaxvae-compilation-cache"))
     for name, value in {**CACHE_SETTINGS, "jax_compilation_cache_dir": folder}.items():
         jax.config.update(name, value)
