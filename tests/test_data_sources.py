@@ -196,7 +196,7 @@ def test_parse_source_errors(tmp_path):
         parse_source("nope")
     with pytest.raises(ConfigError, match="no such array file"):
         parse_source(str(tmp_path / "missing.npy"))
-    with pytest.raises(ConfigError, match="mnist:DIR needs a folder"):
+    with pytest.raises(ConfigError, match="mnist:DIR needs a folder.*scripts/mnist_to_idx.py"):
         parse_source(f"mnist:{tmp_path / 'missing'}")
 
 
