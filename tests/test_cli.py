@@ -27,6 +27,14 @@ RUN_FILES = ["config.json", "meta.json", "metrics.jsonl", "summary.json", "check
 pytestmark = pytest.mark.xdist_group("trained_run")
 
 
+def test_xdist_groups_reach_the_scheduler(request):
+    """The shared runs are trained once only if `--dist loadgroup` really groups: with pytest 9.2 and
+    xdist 3.8 it silently did not (pytest-dev/pytest-xdist#1386), and each worker trained them again."""
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not request.config.getoption("loadgroup", False):
+        pytest.skip("not run by xdist with --dist loadgroup")
+    assert request.node.nodeid.endswith("@trained_run"), request.node.nodeid
+
+
 def jaxvae_cmd(*args, cwd=None):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
     return subprocess.run([sys.executable, "-m", "jaxvae", *args], capture_output=True, text=True, env=env,
