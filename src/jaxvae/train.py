@@ -152,10 +152,11 @@ def _open(c: Config, out: str | Path, overwrite: bool, quiet: bool, resume: bool
     if not resume and writer:  # the --out policy before any data is read: never a user's file or folder
         check_run_out(out, overwrite)
     tb = TensorBoard(tensorboard and writer)  # before anything is written: a missing tensorboardX fails here
+    mesh = parallel.data_mesh()  # every device of every process; the batch is sharded over them
+    parallel.check_batch(c.batch_size, mesh)  # before the data is read, which can take a while
     dataset = data_lib.load_dataset(c)
     c = resolve_dataset_size(c, dataset)
     check_held_out(c, dataset)  # before anything is written or trained: the pictures need two
-    mesh = parallel.data_mesh()  # every device of every process; the batch is sharded over them
     batches = dataset.batches(c.batch_size, c.seed, c.flip, mesh)  # images or vectors, sharded over the mesh
     run_dir = run_lib.create(out, c, overwrite) if writer and not resume else Path(out)
     say(_opening_line(c, preset, dataset, run_dir))
