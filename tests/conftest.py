@@ -1,7 +1,10 @@
 """Shared fixtures: a micro config and one trained micro run, reused by the read-only tests; and one
 persistent XLA compilation cache for the whole session."""
 
+import importlib.util
+import io
 import os
+import sys
 
 import jax
 import pytest
@@ -37,14 +40,33 @@ def micro_config(**changes) -> Config:
     return Config(**base)
 
 
+HAS_TENSORBOARDX = importlib.util.find_spec("tensorboardX") is not None
+
+
+class FakeTTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory):
-    """A finished micro run directory (treat as read-only)."""
+def trained_run_and_terminal(tmp_path_factory):
+    """A finished micro_config() run (treat as read-only), trained with --tensorboard where tensorboardX is
+    installed, on a fake terminal: (run dir, what the progress bar drew). Trained once per session: the
+    files that read it (test_cli, test_export, test_report) share the xdist group "trained_run"."""
     from jaxvae.train import train
 
     out = tmp_path_factory.mktemp("runs") / "micro"
-    train(micro_config(), out, quiet=True)
-    return out
+    terminal = FakeTTY()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "stderr", terminal)
+        train(micro_config(), out, quiet=False, tensorboard=HAS_TENSORBOARDX)
+    return out, terminal.getvalue()
+
+
+@pytest.fixture(scope="session")
+def trained_run(trained_run_and_terminal):
+    """The session's finished micro run directory (treat as read-only)."""
+    return trained_run_and_terminal[0]
 
 
 def untrained_run(out, config: Config):

@@ -23,7 +23,8 @@ MICRO_FLAGS = ["--image-size", "16", "--patch-size", "4", "--hidden", "32", "--d
 RUN_FILES = ["config.json", "meta.json", "metrics.jsonl", "summary.json", "checkpoints", "curves.png",
              "reconstructions.png", "samples.png", "interpolation.png"]
 
-# Both files read the session's trained_run: one worker takes both, so it is trained once.
+# test_cli, test_export and test_report read the session's trained_run: one worker takes the three, so it is
+# trained once.
 pytestmark = pytest.mark.xdist_group("trained_run")
 
 

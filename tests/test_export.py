@@ -28,7 +28,8 @@ from jaxvae.model import build
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 N = 37  # examples to encode: no batch size below divides it
 
-# Both files read the session's trained_run: one worker takes both, so it is trained once.
+# test_cli, test_export and test_report read the session's trained_run: one worker takes the three, so it is
+# trained once.
 pytestmark = pytest.mark.xdist_group("trained_run")
 
 

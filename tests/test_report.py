@@ -17,37 +17,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import HAS_TENSORBOARDX, micro_config
 from PIL import Image
 
 from jaxvae import cli, report, sample, train
 from jaxvae import data as data_lib
 from jaxvae import run as run_lib
-from jaxvae.config import Config
 
-TINY = Config(image_size=8, patch_size=4, hidden=32, depth=1, heads=2, mlp_ratio=2, z_dim=6, beta=1.0, lr=1e-3,
-              batch_size=16, steps=6, log_every=2, eval_every=3, ckpt_every=6)
-HAS_TENSORBOARDX = importlib.util.find_spec("tensorboardX") is not None
-# One worker takes the whole file, so the trained run below is trained once, not once per worker.
-pytestmark = pytest.mark.xdist_group("report")
+TINY = micro_config()  # the config of the session's trained run (conftest.trained_run_and_terminal)
+# That run is shared with test_cli and test_export: one worker takes the three files, so it is trained once.
+pytestmark = pytest.mark.xdist_group("trained_run")
 SECTIONS = ("Run summary", "Config", "Loss curves", "The data", "Reconstructions", "Prior samples",
             "Interpolation", "KL per latent dimension", "Latent traversals", "Evaluation")
 
 
-class FakeTTY(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One tiny run trained with --tensorboard (where tensorboardX is installed) on a fake terminal:
-    (run dir, what the progress bar drew)."""
-    out = tmp_path_factory.mktemp("report") / "run"
-    terminal = FakeTTY()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(sys, "stderr", terminal)
-        train.train(TINY, out, quiet=False, tensorboard=HAS_TENSORBOARDX)
-    return out, terminal.getvalue()
+@pytest.fixture
+def trained(trained_run_and_terminal):
+    """(run dir, what the progress bar drew) of the session's micro run, trained with --tensorboard
+    (where tensorboardX is installed) on a fake terminal."""
+    return trained_run_and_terminal
 
 
 def _images(text: str) -> list[Image.Image]:

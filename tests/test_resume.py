@@ -68,6 +68,10 @@ def no_pictures(run_dir, c, graphdef, params, dataset, last) -> dict:
     return {"steps": c.steps, "reconstruction_mse": float("nan")}
 
 
+# One worker takes the whole file, so the reference run below is trained once, not once per worker.
+pytestmark = pytest.mark.xdist_group("resume")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def setting():
     """Small data and no pictures (finish is tested elsewhere). The compilation cache is conftest's."""
