@@ -114,6 +114,22 @@ def test_batch_that_does_not_split_over_devices_is_one_clear_error(tmp_path):
     assert not (tmp_path / "run").exists()  # nothing written
 
 
+def test_the_batch_split_is_checked_before_the_data_is_read(tmp_path, monkeypatch):
+    """The refusal costs no data loading: the mesh is checked first (here a stand-in of 4 devices)."""
+    from types import SimpleNamespace
+
+    from conftest import micro_config
+
+    from jaxvae import data as data_lib
+    from jaxvae import train
+
+    monkeypatch.setattr(parallel, "data_mesh", lambda devices=None: SimpleNamespace(devices=np.empty(4)))
+    monkeypatch.setattr(data_lib, "load_dataset", lambda c: pytest.fail("the data was read before the check"))
+    with pytest.raises(ConfigError, match="batch_size 6 does not split over 4 devices"):
+        train.train(micro_config(batch_size=6), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_two_processes_synchronise_gradients_and_end_with_identical_parameters(tmp_path):
     port, out = _free_port(), tmp_path / "run"
