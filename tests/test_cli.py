@@ -203,6 +203,8 @@ def _error(capsys, argv) -> str:
     (["--posterior-scale", "std"], "unknown posterior_scale 'std'"),
     (["--decoder-scale", "exp"], "unknown decoder_scale 'exp'"),
     (["--patch-size", "5"], "patch_size 5 does not divide image_size 16"),
+    (["--decoder-head", "broadcast"], "--decoder-head broadcast is for --arch conv, not transformer"),
+    (["--arch", "conv", "--decoder-head", "spatial"], "unknown decoder_head 'spatial'"),
     (["--image-size", "0"], "image_size must be a positive integer"),
     (["--steps", "0"], "steps must be a positive integer"),
     (["--batch-size", "-3"], "batch_size must be a positive integer"),

@@ -11,7 +11,7 @@ from conftest import micro_config
 from flax import nnx
 
 from jaxvae.config import ConfigError
-from jaxvae.conv import depth_to_space, space_to_depth
+from jaxvae.conv import Broadcast, depth_to_space, space_to_depth
 from jaxvae.model import build, count_params
 
 CONV = dict(arch="conv", hidden=8, channel_mults="1,2", blocks=1, patch_size=1)
@@ -22,6 +22,9 @@ CONV = dict(arch="conv", hidden=8, channel_mults="1,2", blocks=1, patch_size=1)
     (64, 3, {"channel_mults": "1,2,2", "patch_size": 2}, False),  # the chapter's CelebA 64
     (16, 3, {"likelihood": "logistic", "mixtures": 2}, False),  # test_logistic.py runs the head
     (16, 1, {"likelihood": "bernoulli"}, True),
+    (28, 1, {"decoder_head": "broadcast"}, False),
+    (64, 3, {"channel_mults": "1,2,2", "patch_size": 2, "decoder_head": "broadcast"}, False),
+    (16, 3, {"channel_mults": "1", "patch_size": 4, "decoder_head": "broadcast"}, True),  # the tiny layout
 ])
 def test_encode_decode_shapes(size, channels, changes, run):
     """Shapes by tracing alone (jax.eval_shape: the large images cost no compile); the small ones
@@ -54,6 +57,32 @@ def test_parameter_count_is_pinned():
     assert count_params(nnx.eval_shape(lambda: build(c))) == encoder + decoder  # shapes only: nothing runs
 
 
+def test_broadcast_head_parameter_count_is_pinned():
+    """decoder_head broadcast: the Dense onto the 4x4 bottom and the bottom level's upsampling conv give way
+    to one MLP [z, x, y] -> 4w -> w over the 8x8 grid; the encoder is the dense test's."""
+    c = micro_config(**CONV, image_size=16, channels=3, z_dim=4, decoder_head="broadcast")
+    conv = lambda i, o: 9 * i * o + o  # noqa: E731
+    block = lambda d: 2 * (2 * d + conv(d, d))  # noqa: E731
+    encoder = conv(3, 8) + block(8) + block(16) + conv(8, 16) + conv(16, 16) + 2 * 16 + (4 * 4 * 16 * 8 + 8)
+    decoder = ((4 + 2) * 64 + 64 + 64 * 16 + 16) + conv(16, 8) + block(8) + block(16) + 2 * 8 + conv(8, 6)
+    assert count_params(nnx.eval_shape(lambda: build(c))) == encoder + decoder
+
+
+def test_broadcast_is_one_mlp_of_z_and_each_cells_centre():
+    """Every cell (i, j) of the n x n grid gets W2 SiLU(W1 [z, x_j, y_i] + b1) + b2, x_j = (2 j + 1) / n - 1:
+    checked against NumPy at every cell. So moving a shape is moving a number in z, not a channel pattern."""
+    head = Broadcast(3, 4, 5, rngs=nnx.Rngs(0))
+    z = np.random.default_rng(0).normal(size=(2, 3)).astype(np.float32)
+    got = np.asarray(head(jnp.asarray(z)))  # (2, 4, 4, 5)
+    w1, b1 = np.asarray(head.hidden.kernel[...]), np.asarray(head.hidden.bias[...])
+    w2, b2 = np.asarray(head.out.kernel[...]), np.asarray(head.out.bias[...])
+    centres = (2 * np.arange(4) + 1) / 4 - 1  # -0.75 -0.25 0.25 0.75
+    for i, y in enumerate(centres):
+        for j, x in enumerate(centres):
+            a = np.concatenate([z, np.full((2, 1), x), np.full((2, 1), y)], axis=1) @ w1 + b1
+            np.testing.assert_allclose(got[:, i, j], (a / (1 + np.exp(-a))) @ w2 + b2, rtol=1e-5, atol=1e-5)
+
+
 def test_space_to_depth_round_trip_and_layout():
     x = jnp.arange(2 * 4 * 4 * 3, dtype=jnp.float32).reshape(2, 4, 4, 3)
     y = space_to_depth(x, 2)
@@ -69,6 +98,7 @@ def test_space_to_depth_round_trip_and_layout():
     ({"channel_mults": ""}, "channel_mults must be comma-separated positive integers"),
     ({"blocks": 0}, "blocks must be a positive integer"),
     ({"data_dim": 5}, "needs --arch mlp or --arch linear, not conv"),
+    ({"decoder_head": "spatial"}, "unknown decoder_head 'spatial': choose one of dense, broadcast"),
 ])
 def test_bad_conv_settings_are_refused(changes, message):
     with pytest.raises(ConfigError, match=message):

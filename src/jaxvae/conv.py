@@ -12,6 +12,17 @@ Z latent dims. Images are NHWC in [-1, 1].
            conv3x3 to w_l, then blocks x ResBlock(w_l) -> (B,S/P,S/P,w_0)
            -> GroupNorm, SiLU -> [P > 1: 1x1 conv to P*P*f, depth-to-space, SiLU: (B,S,S,f)]
            -> conv3x3 -> (B,S,S,k*C), k values per pixel value (likelihoods.py)
+           decoder_head broadcast replaces the Dense and the bottom level's upsampling: Broadcast maps
+           (B,Z) -> (B,2r,2r,w_{L-1}) (below), and the levels go on from there.
+
+Why a broadcast head (Watters et al. 2019, the spatial broadcast decoder). The Dense head gives every cell
+of the bottom grid its own linear function of z, so the code of a shape at one place and at another are
+different channel patterns, and the midpoint of two codes decodes to both shapes at half strength: on
+`shapes` the interpolations cross-fade and N(0, I) samples are colour mixtures. Broadcast applies ONE
+MLP to [z, x, y] at every cell, so where a shape is becomes a number in z that the MLP compares with the
+cell's coordinates: the midpoint of two codes is one shape halfway, and prior samples are one shape on a
+background. The price, measured on `shapes` at the demo's budget: MSE 0.0055 against 0.0027, as the
+shape's outline (square, triangle, angle) comes back round (README, "Image models").
 
 The stem is a 3x3 conv (P = 1) or a PxP patch embedding (a matmul on space-to-depth patches). Why P:
 on a CPU a 3x3 conv of few channels at full resolution runs at a third of the speed of the same
@@ -107,15 +118,36 @@ class ConvEncoder(nnx.Module):
         return mean, raw
 
 
+class Broadcast(nnx.Module):
+    """(B,Z) -> (B,n,n,w): h_ij = W2 SiLU(W1 [z, x_j, y_i] + b1) + b2 at every cell (i, j) of an n x n grid,
+    x and y the cell's centre in [-1, 1]. One MLP for all cells (hidden 4 w): the spatial broadcast decoder."""
+
+    def __init__(self, z_dim: int, side: int, width: int, *, rngs: nnx.Rngs):
+        self.side = side
+        self.hidden = nnx.Linear(z_dim + 2, 4 * width, rngs=rngs)
+        self.out = nnx.Linear(4 * width, width, rngs=rngs)
+
+    def __call__(self, z: jax.Array) -> jax.Array:
+        b, n = z.shape[0], self.side
+        g = (jnp.arange(n, dtype=jnp.float32) + 0.5) * (2.0 / n) - 1.0  # (n,) cell centres in [-1, 1]
+        yx = jnp.stack(jnp.meshgrid(g, g, indexing="ij"), axis=-1)  # (n,n,2): [y_i, x_j]
+        cells = jnp.concatenate([jnp.broadcast_to(z[:, None, None, :], (b, n, n, z.shape[-1])),
+                                 jnp.broadcast_to(yx[..., ::-1].astype(z.dtype), (b, n, n, 2))], axis=-1)
+        return self.out(jax.nn.silu(self.hidden(cells)))  # (B,n,n,w)
+
+
 class ConvDecoder(nnx.Module):
     def __init__(self, c: Config, values_per_output: int, *, rngs: nnx.Rngs):
         w = widths(c)
         self.patch = c.patch_size
-        self.bottom = c.image_size // c.patch_size // 2 ** len(w)
-        self.width = w[-1]
-        self.embed = nnx.Linear(c.z_dim, self.bottom * self.bottom * w[-1], rngs=rngs)
+        bottom = c.image_size // c.patch_size // 2 ** len(w)
+        self.bottom, self.width = bottom, w[-1]
         # level l (from the bottom up) upsamples from w_{l+1} (w_{L-1} at the bottom) to w_l
-        self.up = nnx.List([_conv(d_prev, d, rngs) for d, d_prev in zip(w, w[1:] + w[-1:], strict=True)])
+        up = [_conv(d_prev, d, rngs) for d, d_prev in zip(w, w[1:] + w[-1:], strict=True)]
+        if c.decoder_head == "broadcast":  # straight onto the bottom level's output grid, 2r x 2r
+            self.broadcast, self.up = Broadcast(c.z_dim, 2 * bottom, w[-1], rngs=rngs), nnx.List(up[:-1])
+        else:
+            self.embed, self.up = nnx.Linear(c.z_dim, bottom * bottom * w[-1], rngs=rngs), nnx.List(up)
         self.levels = nnx.List([nnx.List([ResBlock(d, rngs) for _ in range(c.blocks)]) for d in w])
         self.norm = _norm(w[0], rngs)
         f = w[0] if self.patch == 1 else fine_channels(c)
@@ -123,9 +155,14 @@ class ConvDecoder(nnx.Module):
         self.out = _conv(f, values_per_output * c.channels, rngs)
 
     def __call__(self, z: jax.Array) -> jax.Array:
-        h = self.embed(z).reshape(z.shape[0], self.bottom, self.bottom, self.width)  # (B,r,r,w_{L-1})
-        for up, blocks in zip(reversed(self.up), reversed(self.levels), strict=True):
-            h = up(jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2))  # nearest x2, then conv: (B,2H,2W,w_l)
+        if hasattr(self, "broadcast"):
+            h, ups = self.broadcast(z), [None, *reversed(self.up)]  # (B,2r,2r,w_{L-1}): the bottom level's up done
+        else:
+            h = self.embed(z).reshape(z.shape[0], self.bottom, self.bottom, self.width)  # (B,r,r,w_{L-1})
+            ups = list(reversed(self.up))
+        for up, blocks in zip(ups, reversed(self.levels), strict=True):
+            if up is not None:
+                h = up(jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2))  # nearest x2, then conv: (B,2H,2W,w_l)
             for block in blocks:
                 h = block(h)
         h = jax.nn.silu(self.norm(h))  # (B,S/P,S/P,w_0)
