@@ -11,7 +11,7 @@ from conftest import micro_config
 from flax import nnx
 
 from jaxvae.config import ConfigError
-from jaxvae.conv import Broadcast, depth_to_space, space_to_depth
+from jaxvae.conv import Broadcast, PixelPlanes, depth_to_space, space_to_depth
 from jaxvae.model import build, count_params
 
 CONV = dict(arch="conv", hidden=8, channel_mults="1,2", blocks=1, patch_size=1)
@@ -59,12 +59,14 @@ def test_parameter_count_is_pinned():
 
 def test_broadcast_head_parameter_count_is_pinned():
     """decoder_head broadcast: the Dense onto the 4x4 bottom and the bottom level's upsampling conv give way
-    to one MLP [z, x, y] -> 4w -> w over the 8x8 grid; the encoder is the dense test's."""
+    to one MLP [z, x, y] -> 4w -> w over the 8x8 grid, and PixelPlanes adds m = 16 // 2 channels at full
+    resolution (Dense z -> 3 x 2m line coefficients, then 2m -> m); the encoder is the dense test's."""
     c = micro_config(**CONV, image_size=16, channels=3, z_dim=4, decoder_head="broadcast")
     conv = lambda i, o: 9 * i * o + o  # noqa: E731
     block = lambda d: 2 * (2 * d + conv(d, d))  # noqa: E731
     encoder = conv(3, 8) + block(8) + block(16) + conv(8, 16) + conv(16, 16) + 2 * 16 + (4 * 4 * 16 * 8 + 8)
-    decoder = ((4 + 2) * 64 + 64 + 64 * 16 + 16) + conv(16, 8) + block(8) + block(16) + 2 * 8 + conv(8, 6)
+    planes = (4 * 48 + 48) + (16 * 8 + 8)
+    decoder = ((4 + 2) * 64 + 64 + 64 * 16 + 16) + planes + conv(16, 8) + block(8) + block(16) + 2 * 8 + conv(16, 6)
     assert count_params(nnx.eval_shape(lambda: build(c))) == encoder + decoder
 
 
@@ -81,6 +83,22 @@ def test_broadcast_is_one_mlp_of_z_and_each_cells_centre():
         for j, x in enumerate(centres):
             a = np.concatenate([z, np.full((2, 1), x), np.full((2, 1), y)], axis=1) @ w1 + b1
             np.testing.assert_allclose(got[:, i, j], (a / (1 + np.exp(-a))) @ w2 + b2, rtol=1e-5, atol=1e-5)
+
+
+def test_pixel_planes_are_lines_that_z_sets_at_every_pixel():
+    """h_ij = SiLU(W SiLU([x_j, y_i, 1] A(z)) + b), A(z) the Dense layer's output as (3, 2m), at every pixel
+    centre x_j = (2 j + 1) / n - 1: checked against NumPy."""
+    planes = PixelPlanes(3, 4, 2, rngs=nnx.Rngs(0))
+    z = np.random.default_rng(1).normal(size=(2, 3)).astype(np.float32)
+    got = np.asarray(planes(jnp.asarray(z)))  # (2, 4, 4, 2)
+    silu = lambda a: a / (1 + np.exp(-a))  # noqa: E731
+    a = (z @ np.asarray(planes.slopes.kernel[...]) + np.asarray(planes.slopes.bias[...])).reshape(2, 3, 4)
+    w, b = np.asarray(planes.mix.kernel[...]), np.asarray(planes.mix.bias[...])
+    centres = (2 * np.arange(4) + 1) / 4 - 1
+    for i, y in enumerate(centres):
+        for j, x in enumerate(centres):
+            lines = silu(np.einsum("k,bkl->bl", np.array([x, y, 1.0]), a))  # (2, 4)
+            np.testing.assert_allclose(got[:, i, j], silu(lines @ w + b), rtol=1e-5, atol=1e-5)
 
 
 def test_space_to_depth_round_trip_and_layout():
