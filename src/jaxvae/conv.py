@@ -14,7 +14,8 @@ Z latent dims. Images are NHWC in [-1, 1].
            -> conv3x3 -> (B,S,S,k*C), k values per pixel value (likelihoods.py)
            decoder_head broadcast replaces the Dense and the bottom level's upsampling: Broadcast maps
            (B,Z) -> (B,2r,2r,w_{L-1}) (below), and the levels go on from there; and PixelPlanes(z)
-           gives m = f // 2 of the f channels at full resolution, concatenated before the last conv.
+           adds m channels at full resolution before the last conv, m = fine_channels // 2 (P > 1:
+           in place of m of the f channels from depth-to-space, so the last conv still sees f).
 
 Why a broadcast head (Watters et al. 2019, the spatial broadcast decoder). The Dense head gives every cell
 of the bottom grid its own linear function of z, so the code of a shape at one place and at another are
