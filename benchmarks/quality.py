@@ -17,7 +17,7 @@ colours explain nearly all of its pixel variance (R^2 0.97 on the held-out image
 being the rest), while a colour mixture or a cross-fade of two shapes needs more colours. The column is
 the median R^2 of the best two colours (2-means) over 96 decoded samples, from N(0, I) and from the
 10-component Gaussian mixture that `make demo` fits to the training codes: how much they look like shapes
-on a background. It does not see a shape's outline (a round blob scores as a
+on a background (shapes.two_colour_r2). It does not see a shape's outline (a round blob scores as a
 square does): look at the pictures too.
 """
 
@@ -39,6 +39,7 @@ import jaxvae
 from jaxvae import data as data_lib
 from jaxvae import parallel, samplers
 from jaxvae.config import TINY, TINY_TRANSFORMER
+from jaxvae.data import shapes
 from jaxvae.step import init_state, make_train_step
 from jaxvae.train import train
 
@@ -74,21 +75,6 @@ def steps_for(config, budget_s: float) -> tuple[int, float]:
     return max(config.eval_every, int(budget_s / cpu_per_step)), config.batch_size / wall_per_step
 
 
-def two_colour_r2(images: np.ndarray, iterations: int = 10) -> np.ndarray:
-    """(N,S,S,C) uint8 -> (N,) the fraction of each image's pixel variance that its best two colours explain
-    (2-means on its pixels, started from the corner pixel and the centre pixel)."""
-    out = []
-    for im in images.reshape(len(images), -1, images.shape[-1]).astype(np.float64) / 255:
-        centres = im[[0, len(im) // 2 + images.shape[2] // 2]].copy()  # (2, C)
-        for _ in range(iterations):
-            label = np.argmin(((im[:, None] - centres[None]) ** 2).sum(-1), axis=1)
-            for k in range(2):
-                if (label == k).any():
-                    centres[k] = im[label == k].mean(0)
-        out.append(1 - ((im - centres[label]) ** 2).sum() / max(((im - im.mean(0)) ** 2).sum(), 1e-12))
-    return np.asarray(out)
-
-
 def one_row(name: str, config, budget_s: float, iw_samples: int, limit: int, root: Path) -> dict:
     steps, rate = steps_for(config, budget_s)
     config = config.replace(steps=steps, eval_every=max(1, steps // 4), ckpt_every=steps)
@@ -113,8 +99,8 @@ def sample_scores(vae, config) -> dict:
     fitted = samplers.fit_sampler(vae, dataset.model_input(np.asarray(dataset.train)),
                                   dataset.model_input(np.asarray(dataset.val)), components=10)
     prior, gmm = vae.sample(96, seed=1), np.asarray(vae.decode(fitted.sample(96, seed=1)).mean)
-    return {"sample_two_colour_r2": float(np.median(two_colour_r2(jaxvae.to_uint8(prior)))),
-            "gmm_sample_two_colour_r2": float(np.median(two_colour_r2(jaxvae.to_uint8(gmm)))),
+    return {"sample_two_colour_r2": float(np.median(shapes.two_colour_r2(jaxvae.to_uint8(prior)))),
+            "gmm_sample_two_colour_r2": float(np.median(shapes.two_colour_r2(jaxvae.to_uint8(gmm)))),
             "gmm_heldout_loglik": fitted.heldout_loglik_sampler}
 
 

@@ -170,3 +170,17 @@ def test_an_npz_carries_its_factors(tmp_path):
         data_lib.load_dataset(micro_config(data=str(tmp_path / "float.npz")))
     np.save(tmp_path / "plain.npy", images)
     assert data_lib.ground_truth(str(tmp_path / "plain.npy"), data_lib.DataOptions(image_size=16)) is None
+
+
+def test_two_colour_r2_against_closed_forms():
+    """Two colours: 1. A flat image: 1. A horizontal ramp through all 256 values: 2-means splits it in
+    halves, each with a quarter of the variance (a uniform's variance scales with its width squared), so
+    R^2 = 3/4 up to the 8-bit grid. make_shapes' images: above 0.9 (only the anti-aliased edges)."""
+    two = np.zeros((1, 16, 16, 3), np.uint8)
+    two[0, 4:9, 3:12] = (200, 30, 90)
+    ramp = np.broadcast_to(np.arange(256, dtype=np.uint8)[None, None, :, None], (1, 256, 256, 3))
+    r2 = shapes.two_colour_r2(np.concatenate([two, np.full_like(two, 77)]))
+    np.testing.assert_allclose(r2, [1.0, 1.0])
+    np.testing.assert_allclose(shapes.two_colour_r2(ramp), [0.75], atol=1e-4)
+    images, _ = shapes.make_shapes(24, 32, seed=5)
+    assert np.median(shapes.two_colour_r2(images)) > 0.9
