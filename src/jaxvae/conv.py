@@ -172,9 +172,11 @@ class ConvDecoder(nnx.Module):
         # level l (from the bottom up) upsamples from w_{l+1} (w_{L-1} at the bottom) to w_l
         up = [_conv(d_prev, d, rngs) for d, d_prev in zip(w, w[1:] + w[-1:], strict=True)]
         if c.decoder_head == "broadcast":  # straight onto the bottom level's output grid, 2r x 2r
-            self.broadcast, self.up = Broadcast(c.z_dim, 2 * bottom, w[-1], rngs=rngs), nnx.List(up[:-1])
+            self.embed, self.broadcast = None, Broadcast(c.z_dim, 2 * bottom, w[-1], rngs=rngs)
+            self.up = nnx.List(up[:-1])
         else:
-            self.embed, self.up = nnx.Linear(c.z_dim, bottom * bottom * w[-1], rngs=rngs), nnx.List(up)
+            self.embed, self.broadcast = nnx.Linear(c.z_dim, bottom * bottom * w[-1], rngs=rngs), None
+            self.up = nnx.List(up)
         self.levels = nnx.List([nnx.List([ResBlock(d, rngs) for _ in range(c.blocks)]) for d in w])
         self.norm = _norm(w[0], rngs)
         # broadcast: half of the f full-resolution channels come from PixelPlanes rather than the levels
@@ -185,7 +187,7 @@ class ConvDecoder(nnx.Module):
         self.out = _conv(f + m, values_per_output * c.channels, rngs)
 
     def __call__(self, z: jax.Array) -> jax.Array:
-        if hasattr(self, "broadcast"):
+        if self.broadcast is not None:
             h, ups = self.broadcast(z), [None, *reversed(self.up)]  # (B,2r,2r,w_{L-1}): the bottom level's up done
         else:
             h = self.embed(z).reshape(z.shape[0], self.bottom, self.bottom, self.width)  # (B,r,r,w_{L-1})
