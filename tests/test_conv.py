@@ -60,12 +60,13 @@ def test_parameter_count_is_pinned():
 def test_broadcast_head_parameter_count_is_pinned():
     """decoder_head broadcast: the Dense onto the 4x4 bottom and the bottom level's upsampling conv give way
     to one MLP [z, x, y] -> 4w -> w over the 8x8 grid, and PixelPlanes adds m = 16 // 2 channels at full
-    resolution (Dense z -> 3 x 2m line coefficients, then 2m -> m); the encoder is the dense test's."""
+    resolution (Dense z -> 3 x 2m line coefficients, then 2m -> m, and Dense z -> the m x 6 colours they
+    paint, 6 = 2 values per pixel value x 3 channels); the encoder is the dense test's."""
     c = micro_config(**CONV, image_size=16, channels=3, z_dim=4, decoder_head="broadcast")
     conv = lambda i, o: 9 * i * o + o  # noqa: E731
     block = lambda d: 2 * (2 * d + conv(d, d))  # noqa: E731
     encoder = conv(3, 8) + block(8) + block(16) + conv(8, 16) + conv(16, 16) + 2 * 16 + (4 * 4 * 16 * 8 + 8)
-    planes = (4 * 48 + 48) + (16 * 8 + 8)
+    planes = (4 * 48 + 48) + (16 * 8 + 8) + (4 * 8 * 6 + 8 * 6)
     decoder = ((4 + 2) * 64 + 64 + 64 * 16 + 16) + planes + conv(16, 8) + block(8) + block(16) + 2 * 8 + conv(16, 6)
     assert count_params(nnx.eval_shape(lambda: build(c))) == encoder + decoder
 
@@ -87,18 +88,28 @@ def test_broadcast_is_one_mlp_of_z_and_each_cells_centre():
 
 def test_pixel_planes_are_lines_that_z_sets_at_every_pixel():
     """h_ij = SiLU(W SiLU([x_j, y_i, 1] A(z)) + b), A(z) the Dense layer's output as (3, 2m), at every pixel
-    centre x_j = (2 j + 1) / n - 1: checked against NumPy."""
-    planes = PixelPlanes(3, 4, 2, rngs=nnx.Rngs(0))
-    z = np.random.default_rng(1).normal(size=(2, 3)).astype(np.float32)
-    got = np.asarray(planes(jnp.asarray(z)))  # (2, 4, 4, 2)
+    centre x_j = (2 j + 1) / n - 1, and the paint h_ij T(z), T(z) a Dense layer's output as (m, v): checked
+    against NumPy. The paint starts at zero (its kernel and bias are zeros), so it is set to random here."""
+    planes = PixelPlanes(3, 4, 2, 5, rngs=nnx.Rngs(0))
+    z0 = jnp.ones((1, 3))
+    assert not np.any(np.asarray(planes(z0)[1]))  # the paint starts at zero
+    rng = np.random.default_rng(1)
+    planes.paint.kernel[...] = jnp.asarray(rng.normal(size=(3, 10)), jnp.float32)
+    planes.paint.bias[...] = jnp.asarray(rng.normal(size=10), jnp.float32)
+    z = rng.normal(size=(2, 3)).astype(np.float32)
+    features, paint = (np.asarray(v) for v in planes(jnp.asarray(z)))  # (2, 4, 4, 2), (2, 4, 4, 5)
+    assert features.shape == (2, 4, 4, 2) and paint.shape == (2, 4, 4, 5)
     silu = lambda a: a / (1 + np.exp(-a))  # noqa: E731
     a = (z @ np.asarray(planes.slopes.kernel[...]) + np.asarray(planes.slopes.bias[...])).reshape(2, 3, 4)
     w, b = np.asarray(planes.mix.kernel[...]), np.asarray(planes.mix.bias[...])
+    colours = (z @ np.asarray(planes.paint.kernel[...]) + np.asarray(planes.paint.bias[...])).reshape(2, 2, 5)
     centres = (2 * np.arange(4) + 1) / 4 - 1
     for i, y in enumerate(centres):
         for j, x in enumerate(centres):
             lines = silu(np.einsum("k,bkl->bl", np.array([x, y, 1.0]), a))  # (2, 4)
-            np.testing.assert_allclose(got[:, i, j], silu(lines @ w + b), rtol=1e-5, atol=1e-5)
+            h = silu(lines @ w + b)  # (2, 2)
+            np.testing.assert_allclose(features[:, i, j], h, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(paint[:, i, j], np.einsum("bm,bmv->bv", h, colours), rtol=1e-5, atol=1e-5)
 
 
 def test_space_to_depth_round_trip_and_layout():
