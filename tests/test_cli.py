@@ -204,6 +204,8 @@ def _error(capsys, argv) -> str:
     (["--decoder-scale", "exp"], "unknown decoder_scale 'exp'"),
     (["--patch-size", "5"], "patch_size 5 does not divide image_size 16"),
     (["--decoder-head", "broadcast"], "--decoder-head broadcast is for --arch conv, not transformer"),
+    # the tiny preset's head is broadcast: moved to another arch, it says what to pass
+    (["--preset", "tiny", "--arch", "transformer"], "not transformer: pass --decoder-head dense"),
     (["--arch", "conv", "--decoder-head", "spatial"], "unknown decoder_head 'spatial'"),
     (["--image-size", "0"], "image_size must be a positive integer"),
     (["--steps", "0"], "steps must be a positive integer"),

@@ -87,7 +87,23 @@ def test_a_rollbacks_lr_scale_still_multiplies_the_scheduled_rate():
     np.testing.assert_allclose(leaf_half, 0.5 * leaf_full, rtol=1e-5, atol=1e-10)
 
 
+def test_adam_b2_is_the_second_moments_decay():
+    """Two Adam steps on one scalar with gradients 1 then 3: the second update is -lr m_hat / (sqrt(v_hat) + eps)
+    with m = 0.9 (0.1) + 0.1 * 3, v = b2 (1 - b2) + (1 - b2) * 9 and the bias corrections 1 - 0.9^2, 1 - b2^2."""
+    lr, eps = 1e-2, 1e-8
+    for b2 in (0.999, 0.99, 0.5):
+        opt = step_lib.make_optimizer(micro_config(lr=lr, adam_b2=b2))
+        state = opt.init(jnp.float32(0.0))
+        _, state = opt.update(jnp.float32(1.0), state)
+        update, _ = opt.update(jnp.float32(3.0), state)
+        m, v = 0.9 * 0.1 + 0.1 * 3, b2 * (1 - b2) + (1 - b2) * 9
+        want = -lr * (m / (1 - 0.9**2)) / (math.sqrt(v / (1 - b2**2)) + eps)
+        assert float(update) == pytest.approx(want, rel=1e-5), b2
+
+
 @pytest.mark.parametrize("changes, message", [
+    ({"adam_b2": 1.0}, "adam_b2 must be in"),
+    ({"adam_b2": -0.5}, "adam_b2 must be in"),
     ({"lr_schedule": "linear"}, "unknown lr_schedule"),
     ({"warmup_steps": -1}, "warmup_steps must be >= 0"),
     ({"ema": 1.0}, "ema must be in"),

@@ -56,7 +56,8 @@ def lr_schedule(c: Config) -> float | optax.Schedule:
 def make_optimizer(c: Config) -> optax.GradientTransformation:
     # inject_hyperparams evaluates the schedule at the optimiser's own step count and keeps the value in
     # opt_state.hyperparams, so it is checkpointed, logged as `lr`, and a rollback's lr_scale multiplies it.
-    return optax.inject_hyperparams(optax.adam)(learning_rate=lr_schedule(c))
+    # b2 was in opt_state.hyperparams (at optax's 0.999) before it was a setting, so older runs still resume.
+    return optax.inject_hyperparams(optax.adam)(learning_rate=lr_schedule(c), b2=c.adam_b2)
 
 
 def ema_decay(c: Config, step: jax.Array) -> jax.Array:
