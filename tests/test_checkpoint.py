@@ -189,6 +189,26 @@ def test_a_config_edited_to_another_model_is_one_line_and_moves_nothing(tmp_path
     assert "Traceback" not in err and "damaged" not in err
 
 
+def test_a_run_without_a_parameter_this_version_builds_is_named_as_older(tmp_path):
+    """Checkpoints that lack a parameter the model now has (a broadcast run written before PixelPlanes had
+    its paint): one RunError that names the parameter and says the run is older; nothing in the run moves."""
+    from conftest import micro_config, untrained_run
+    from flax import nnx
+
+    from jaxvae.step import init_state
+
+    c = micro_config()
+    run = untrained_run(tmp_path / "run", c)
+    before = tree_hash(run)
+    params = nnx.to_pure_dict(init_state(c)[1]["params"])
+    Checkpointer(run, read_only=True).check_model(params)  # the model the run has: no error
+    params["decoder"]["later"] = {"bias": jnp.zeros(3)}  # what a newer version adds
+    with pytest.raises(RunError, match=r"have no decoder\.later\.bias, which this version of jaxvae builds for "
+                                       r".*config.json: the run was written by an older version"):
+        Checkpointer(run, read_only=True).check_model(params)
+    assert tree_hash(run) == before
+
+
 def test_no_loadable_checkpoint_names_every_failure(tmp_path):
     ckpt = Checkpointer(tmp_path)
     saved(ckpt, 1)

@@ -270,6 +270,11 @@ class Checkpointer:
                 return
             diff = sorted(set(stored.items()) ^ set(wanted.items()))
             name = diff[0][0]
+            if name not in stored:  # a parameter this version's model has and the run's does not
+                raise RunError(f"the checkpoints in {self.directory} have no {name}, which this version of jaxvae "
+                               f"builds for {self.run_dir / 'config.json'}: the run was written by an older "
+                               "version (or config.json was edited); train it again, or use the version "
+                               "that wrote it")
             raise RunError(f"the checkpoints in {self.directory} hold a different model than "
                            f"{self.run_dir / 'config.json'} describes ({name}: saved {stored.get(name, 'absent')}, "
                            f"config gives {wanted.get(name, 'absent')}); was config.json edited? Restore its model "
