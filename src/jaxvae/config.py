@@ -418,7 +418,7 @@ TINY_TRANSFORMER = Config(
 # code is read from a 4x4 grid, z 64, 16 channels at full resolution. The decoder is the broadcast head
 # (conv.Broadcast, conv.PixelPlanes): with the Dense head every sampled code decoded to a colour mixture;
 # with broadcast, samples from the fitted GMM are one shape on a background. lr 1.2e-2, Adam's b2 0.99 and
-# 4700 steps, the transformer demo's time: held-out MSE 0.0025 / 0.0023 / S2 over seeds 0-2. With b2 0.999 a
+# 4700 steps, the transformer demo's time: held-out MSE 0.0025 / 0.0023 / 0.0024 over seeds 0-2. With b2 0.999 a
 # gradient spike near step 650 ruined seed 0 at 4700 steps (the loss jumped from -570 to 21,675; at step
 # 3500 the validation loss was +920 against about -2300 in the other runs, and the run was stopped). At 5000
 # steps b2 0.999 gave 0.0020 / 0.0025 / 0.0026 (seeds 1-2 with an earlier order of the parameters' init), and
