@@ -85,21 +85,20 @@ def one_row(name: str, config, budget_s: float, iw_samples: int, limit: int, roo
     out = root / re.sub(r"[^a-z0-9]+", "-", name.lower())
     summary = train(config, out, quiet=True)
     vae = jaxvae.load(out)
-    images = data_lib.load_dataset(config).val[:limit]
-    r = jaxvae.evaluate(vae, np.asarray(images), iw_samples=iw_samples)
+    dataset = data_lib.load_dataset(config)
+    r = jaxvae.evaluate(vae, np.asarray(dataset.val[:limit]), iw_samples=iw_samples)
     return {"name": name, "arch": config.arch, "likelihood": config.likelihood, "steps": steps,
             "train_s": summary["wall_time_s"], "images_per_s": rate, "mse": r["mse"]["mean"],
             "psnr": r["psnr"]["mean"], "ssim": r["ssim"]["mean"], "negative_elbo": r["negative_elbo"]["mean"],
             "iwae_nll": -r["iwae"]["mean"], "bits_per_dim": r["bits_per_dim"]["mean"],
             "bits_per_dim_valid": r["bits_per_dim_valid_bound"], "active_units": r["active_units"],
             "params": int(sum(np.prod(a.shape) for a in jax.tree.leaves(vae.model))),
-            **sample_scores(vae, config), "config": config.to_dict()}
+            **sample_scores(vae, dataset), "config": config.to_dict()}
 
 
-def sample_scores(vae, config) -> dict:
+def sample_scores(vae, dataset) -> dict:
     """The median two-colour R^2 of 96 samples from N(0, I) and from a 10-component GMM fitted to the
     training codes (samplers.fit_sampler, what `make demo` fits), and the GMM's held-out log-density."""
-    dataset = data_lib.load_dataset(config)
     fitted = samplers.fit_sampler(vae, dataset.model_input(np.asarray(dataset.train)),
                                   dataset.model_input(np.asarray(dataset.val)), components=10)
     prior, gmm = vae.sample(96, seed=1), np.asarray(vae.decode(fitted.sample(96, seed=1)).mean)

@@ -112,6 +112,21 @@ def test_pixel_planes_are_lines_that_z_sets_at_every_pixel():
             np.testing.assert_allclose(paint[:, i, j], np.einsum("bm,bmv->bv", h, colours), rtol=1e-5, atol=1e-5)
 
 
+def test_the_decoder_adds_the_paint_to_its_output():
+    """The tiny layout with the broadcast head: setting the paint's bias to B (kernel still zero) moves the
+    decoder's output by exactly features @ B at every pixel, the features being PixelPlanes' own."""
+    c = micro_config(**{**CONV, "image_size": 16, "channels": 3, "channel_mults": "1", "patch_size": 4,
+                        "decoder_head": "broadcast"})
+    decoder = build(c).decoder
+    z = jnp.asarray(np.random.default_rng(2).normal(size=(2, c.z_dim)), jnp.float32)
+    before = np.asarray(decoder(z))  # (2, 16, 16, 6): 2 values per pixel value x 3 channels
+    bias = np.random.default_rng(3).normal(size=decoder.planes.paint.bias.shape).astype(np.float32)
+    decoder.planes.paint.bias[...] = jnp.asarray(bias)
+    features = np.asarray(decoder.planes(z)[0])  # (2, 16, 16, m)
+    want = np.einsum("bijm,mv->bijv", features, bias.reshape(features.shape[-1], -1))
+    np.testing.assert_allclose(np.asarray(decoder(z)) - before, want, rtol=1e-4, atol=1e-5)
+
+
 def test_space_to_depth_round_trip_and_layout():
     x = jnp.arange(2 * 4 * 4 * 3, dtype=jnp.float32).reshape(2, 4, 4, 3)
     y = space_to_depth(x, 2)
